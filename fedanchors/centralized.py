@@ -1,0 +1,146 @@
+"""The centralized mode: every group in one process, the baseline federated runs face.
+
+Mixed batches are drawn from the union of the groups' training sets; each group's
+sub-batch goes through the encoder of its input space (no padding across spaces). The
+loss is sum_g w_g CE_g + lambda_fit sum_g w_g fit_g + lambda_sep sep, with w from the
+method; GroupDRO updates q after the optimizer step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from fedanchors.config import Config
+from fedanchors.data import ScenarioData
+from fedanchors.methods import Method, build_method
+from fedanchors.metrics import split_counts, summarize
+from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.rundir import RunDir, resolve_device, seed_everything
+from fedanchors.train import batches, clip_and_step, group_fit_losses, make_optimizer, separation_loss
+
+
+class CentralModel(nn.Module):
+    """Encoders per input space, the shared head and the anchors."""
+
+    def __init__(self, cfg: Config, data: ScenarioData) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(
+            {s: build_encoder(cfg.model, s, shape, cfg.seed) for s, shape in data.spaces().items()}
+        )
+        self.head = build_head(cfg.model, data.num_classes, cfg.seed)
+        a = cfg.anchors
+        self.anchors = build_anchors(cfg.model.latent_dim, data.num_classes, a.eps, a.init_scale, cfg.seed)
+
+
+class CentralizedTrainer:
+    """Owns model, optimizer and method; ``train_step`` on one mixed batch."""
+
+    def __init__(self, cfg: Config, data: ScenarioData, device: torch.device | None = None) -> None:
+        seed_everything(cfg.seed, cfg.deterministic)
+        self.cfg, self.data = cfg, data
+        self.device = device or resolve_device(cfg.device)
+        self.model = CentralModel(cfg, data).to(self.device)
+        self.method: Method = build_method(cfg.method, data.names)
+        self.params = [p for p in self.model.parameters()]
+        self.opt = make_optimizer(self.params, cfg.optim)
+        self.gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches"))
+        self.sep_gen = torch.Generator(self.device).manual_seed(stable_seed(cfg.seed, "separation"))
+        self.train_x = [g.train.x.to(self.device) for g in data.groups]
+        self.train_y = [g.train.y.to(self.device) for g in data.groups]
+        sizes = torch.tensor([len(g.train) for g in data.groups])
+        self.owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # union index -> group
+        self.offset = torch.cumsum(sizes, 0) - sizes
+
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """This epoch's mixed batches of union indices."""
+        return batches(len(self.owner), self.cfg.optim.batch_size, self.gen)
+
+    def train_step(self, idx: torch.Tensor, epoch: int) -> dict[str, float]:
+        """One optimizer step on the mixed batch ``idx``; returns the step's scalars."""
+        cfg, m = self.cfg, self.model
+        owner = self.owner[idx]
+        present = [g for g in range(len(self.data.groups)) if bool((owner == g).any())]
+        zs, ys, ces = [], [], []
+        for g in present:
+            rows = idx[owner == g] - self.offset[g]
+            x, y = self.train_x[g][rows], self.train_y[g][rows]
+            z = m.encoders[self.data.groups[g].space](x)
+            zs.append(z)
+            ys.append(y)
+            ces.append(F.cross_entropy(m.head(z), y))
+        G = len(self.data.groups)
+        losses = torch.full((G,), float("nan"), dtype=torch.float64)
+        losses[present] = torch.stack(ces).detach().double().cpu()
+        counts = torch.bincount(owner, minlength=G)
+        w = self.method.weights(counts, losses, epoch)[present].to(self.device, torch.float32)
+        ce_vec = torch.stack(ces)
+        loss = (w * ce_vec).sum()
+        out = {"loss": float(loss.detach())}
+        if cfg.anchors.lambda_fit > 0:
+            fit = (w * group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps)).sum()
+            loss = loss + cfg.anchors.lambda_fit * fit
+            out["fit"] = float(fit.detach())
+        if cfg.anchors.lambda_sep > 0:
+            sep = separation_loss(m.anchors, m.head, cfg.anchors, self.sep_gen)
+            loss = loss + cfg.anchors.lambda_sep * sep
+            out["sep"] = float(sep.detach())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_and_step(self.opt, self.params, cfg.optim.grad_clip)
+        self.method.step(losses, epoch)
+        return out
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Group-wise metrics on ``val`` or ``test``."""
+        C = self.data.num_classes
+        rows = [
+            split_counts(self.model.encoders[g.space], self.model.head, getattr(g, split), C, 512, self.device)
+            for g in self.data.groups
+        ]
+        correct = torch.stack([r[0] for r in rows])
+        total = torch.stack([r[1] for r in rows])
+        return summarize(self.data.names, correct, total, torch.tensor([r[2] for r in rows]))
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "method": self.method.state_dict()}
+
+
+def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
+    """Train for ``optim.epochs``, validate each epoch, test the best-``acc_wg`` checkpoint."""
+    t0 = time.time()
+    tr = CentralizedTrainer(cfg, data)
+    best, best_epoch = -1.0, 0
+    bar = tqdm(range(1, cfg.optim.epochs + 1), desc=f"{cfg.name} centralized", unit="epoch", disable=not cfg.progress)
+    for epoch in bar:
+        sums: dict[str, float] = {}
+        steps = tr.epoch_batches()
+        for idx in steps:
+            for k, v in tr.train_step(idx, epoch - 1).items():
+                sums[k] = sums.get(k, 0.0) + v
+        val = tr.evaluate("val")
+        record = {"epoch": epoch, **{k: v / len(steps) for k, v in sums.items()}, **val}
+        record.update({f"q:{n}": float(q) for n, q in zip(data.names, tr.method.q)})
+        run.log(record)
+        if val["acc_wg"] > best:
+            best, best_epoch = val["acc_wg"], epoch
+            torch.save(tr.state_dict(), run.checkpoint("best.pt"))
+        bar.set_postfix(val_acc_wg=f"{val['acc_wg']:.3f}")
+    torch.save(tr.state_dict(), run.checkpoint("last.pt"))
+    state = torch.load(run.checkpoint("best.pt"), map_location=tr.device, weights_only=True)
+    tr.model.load_state_dict(state["model"])
+    test = tr.evaluate("test")
+    summary = {
+        "mode": "centralized",
+        "best_epoch": best_epoch,
+        "best_val_acc_wg": best,
+        **{f"test_{k}": v for k, v in test.items()},
+        "wall_time_s": time.time() - t0,
+        "device": str(tr.device),
+    }
+    run.write_summary(summary)
+    return summary

@@ -1,0 +1,331 @@
+"""Typed run configuration: YAML -> frozen dataclasses, with checked overrides.
+
+Unknown keys and wrong types are ``ConfigError``s that name the dotted key and the
+closest valid one. ``--set a.b=value`` overrides are parsed as YAML scalars and checked
+against the field's type, like nanoGPT's configurator but typed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from fedanchors.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """One input space's encoder; ``kind`` is a name in the encoder registry."""
+
+    kind: str = "cnn"
+    channels: tuple[int, ...] = (32, 64)
+    hidden: int = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Latent size, the encoder per input space and the shared head."""
+
+    latent_dim: int = 64
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # per-space overrides
+    head: str = "linear"
+    head_hidden: int = 128
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Class anchors N(m_c, L_c L_c^T + eps I), their fit and separation losses."""
+
+    eps: float = 1e-4
+    init_scale: float = 1.0
+    lambda_fit: float = 1e-3
+    lambda_sep: float = 1e-3
+    sep: str = "classifier"
+    margin: float = 2.0
+    samples: int = 16
+    cov_eps: float = 1e-3
+    server_lr: float = 0.05
+    server_steps: int = 10
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Group weighting: erm, iw, balanced (fixed lambdas) or groupdro."""
+
+    name: str = "groupdro"
+    eta: float = 0.1
+    update: str = "exp"
+    gamma: float = 0.9
+    objective: str = "weighted"
+    warmup: int = 0
+    lambdas: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and schedule shared by both modes (local optimizer in federated)."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 128
+    epochs: int = 5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which scenario, where its files are, and how it is split."""
+
+    scenario: str = "digits"
+    root: str = ""  # "" -> $FEDANCHORS_DATA, else ../shared/data
+    download: bool = False
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    max_per_group: int = 0  # 0: all
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Flower simulation: rounds, local work, Ray resources and fault tolerance."""
+
+    rounds: int = 5
+    local_epochs: int = 1
+    local_steps: int = 0  # > 0 overrides local_epochs
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_init: dict[str, Any] = field(default_factory=dict)
+    min_clients: int = 1
+    round_timeout: float = 600.0
+    fault_partition: int = -1  # testing aid: this partition raises ...
+    fault_round: int = 0  # ... in this round
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run."""
+
+    name: str = ""
+    mode: str = "centralized"
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs"
+    deterministic: bool = True
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+
+
+_CHOICES = {
+    "mode": ("centralized", "federated"),
+    "method.update": ("exp", "softmax", "exp_smooth"),
+    "method.objective": ("weighted", "max", "logsumexp"),
+    "optim.name": ("adam", "sgd"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert where it is lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not of type {_type_name(tp)}")
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (et, _) = typing.get_args(tp)
+        return tuple(_coerce(v, et, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``raw``, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} (valid here: {', '.join(names)})")
+        kwargs[k] = _coerce(v, hints[k], key)
+        if key in _CHOICES and kwargs[k] not in _CHOICES[key]:
+            raise ConfigError(f"{key}: {kwargs[k]!r} is not one of {', '.join(_CHOICES[key])}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``raw`` with each ``a.b=value`` set (nested dicts created)."""
+    out = _deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    return {k: _deepcopy(v) for k, v in d.items()} if isinstance(d, dict) else d
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML mapping; a missing or malformed file is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}; fix its syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    return raw
+
+
+def from_dict(raw: dict) -> Config:
+    """Build and validate a Config from a plain nested mapping."""
+    cfg = _build(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (or the defaults when None), apply overrides, validate."""
+    raw = read_yaml(path) if path else {}
+    if not raw.get("name") and path:
+        raw["name"] = Path(path).stem
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+    d = dataclasses.asdict(cfg)
+    return _lists(d)
+
+
+def _lists(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Config, overrides: list[str]) -> Config:
+    """A new Config with ``a.b=value`` overrides applied and validated."""
+    return from_dict(apply_overrides(to_dict(cfg), overrides))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks a type annotation cannot express."""
+    positive = {
+        "optim.lr": cfg.optim.lr,
+        "optim.batch_size": cfg.optim.batch_size,
+        "model.latent_dim": cfg.model.latent_dim,
+        "anchors.eps": cfg.anchors.eps,
+        "federated.num_cpus": cfg.federated.num_cpus,
+    }
+    for key, v in positive.items():
+        if not v > 0:
+            raise ConfigError(f"{key} must be > 0, got {v}")
+    nonneg = {
+        "optim.epochs": cfg.optim.epochs,
+        "federated.rounds": cfg.federated.rounds,
+        "federated.num_gpus": cfg.federated.num_gpus,
+        "anchors.lambda_fit": cfg.anchors.lambda_fit,
+        "anchors.lambda_sep": cfg.anchors.lambda_sep,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.grad_clip": cfg.optim.grad_clip,
+    }
+    for key, v in nonneg.items():
+        if v < 0:
+            raise ConfigError(f"{key} must be >= 0, got {v}")
+    for key, v in {"data.val_fraction": cfg.data.val_fraction, "data.test_fraction": cfg.data.test_fraction}.items():
+        if not 0 < v < 1:
+            raise ConfigError(f"{key} must be in (0, 1), got {v}")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
+        raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
+    _check_registered(cfg)
+
+
+def _check_registered(cfg: Config) -> None:
+    """Names that point into registries must exist (imported late: registries fill on import)."""
+    from fedanchors import losses, methods, models
+    from fedanchors.data import SCENARIOS
+
+    SCENARIOS.get(cfg.data.scenario, "data.scenario")
+    methods.METHODS.get(cfg.method.name, "method.name")
+    losses.SEPARATIONS.get(cfg.anchors.sep, "anchors.sep")
+    models.HEADS.get(cfg.model.head, "model.head")
+    models.ENCODERS.get(cfg.model.encoder.kind, "model.encoder.kind")
+    for space, enc in cfg.model.encoders.items():
+        models.ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")

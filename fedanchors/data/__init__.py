@@ -1,0 +1,11 @@
+"""Scenarios: real datasets split into groups. Importing this fills ``SCENARIOS``."""
+
+from fedanchors.data import digits, mnist  # noqa: F401  (registration)
+from fedanchors.data.base import SCENARIOS, GroupData, ScenarioData, Split, data_root
+
+__all__ = ["SCENARIOS", "GroupData", "ScenarioData", "Split", "data_root", "build_scenario"]
+
+
+def build_scenario(cfg) -> ScenarioData:
+    """Build the configured scenario (``cfg`` is the run's DataConfig)."""
+    return SCENARIOS.get(cfg.scenario, "data.scenario")(cfg)

@@ -1,0 +1,122 @@
+"""Groups, scenarios and the splitting helpers every scenario uses."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedanchors.config import DataConfig, _build
+from fedanchors.errors import ConfigError
+from fedanchors.registry import Registry
+
+SCENARIOS: Registry = Registry("scenario")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Split:
+    """Inputs (N, ...) float32 and labels (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class GroupData:
+    """One group: its name, its input space (which encoder it goes through) and splits.
+
+    ``space`` is observable at test time (pixel size, modality); groups defined with the
+    class label share a space and never choose an encoder by their group.
+    """
+
+    name: str
+    space: str
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+
+@dataclass
+class ScenarioData:
+    """All groups of a scenario, in partition order (partition id = index)."""
+
+    groups: list[GroupData]
+    num_classes: int
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def spaces(self) -> dict[str, tuple[int, ...]]:
+        """Input space -> input shape, in first-seen order."""
+        out: dict[str, tuple[int, ...]] = {}
+        for g in self.groups:
+            out.setdefault(g.space, g.shape)
+        return out
+
+
+def scenario_options(cls: type, cfg: DataConfig) -> Any:
+    """Parse ``data.options`` into the scenario's own options dataclass."""
+    return _build(cls, dict(cfg.options), "data.options")
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``data.root``, else $FEDANCHORS_DATA, else ../shared/data; relative paths try the cwd, then the repo."""
+    root = cfg.root or os.environ.get("FEDANCHORS_DATA") or "../shared/data"
+    p = Path(root).expanduser()
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    return p
+
+
+def split_fractions(n: int, fractions: list[float], seed: int) -> list[torch.Tensor]:
+    """A seeded permutation of range(n) cut into disjoint parts by ``fractions`` (sum <= 1)."""
+    if any(f < 0 for f in fractions) or sum(fractions) > 1 + 1e-9:
+        raise ConfigError(f"fractions {fractions} must be >= 0 and sum to at most 1")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cuts, start, out = [round(f * n) for f in fractions], 0, []
+    for c in cuts:
+        out.append(perm[start : start + c])
+        start += c
+    return out
+
+
+def make_group(name: str, space: str, x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, seed: int) -> GroupData:
+    """Split one group's examples into train/val/test with a fixed seed."""
+    if cfg.max_per_group:
+        x, y = x[: cfg.max_per_group], y[: cfg.max_per_group]
+    te, va = cfg.test_fraction, cfg.val_fraction
+    test, val, train = split_fractions(len(y), [te, va, 1 - te - va], seed)
+    return GroupData(name, space, Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]))
+
+
+def resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) images to side x side."""
+    if x.shape[-1] == side and x.shape[-2] == side:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def group_fractions(raw: dict[str, float], names: list[str]) -> list[float]:
+    """Check a {group: fraction} option against the scenario's group names."""
+    if set(raw) != set(names):
+        raise ConfigError(f"data.options.fractions must name exactly the groups {names}, got {sorted(raw)}")
+    return [float(raw[n]) for n in names]
+
+
+def options_dataclass(cls: type) -> type:
+    """Decorator: a frozen dataclass for scenario options."""
+    return dataclasses.dataclass(frozen=True)(cls)

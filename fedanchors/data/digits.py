@@ -1,0 +1,49 @@
+"""The embedded default: scikit-learn's UCI digits as two pixel-size groups."""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+import torch
+
+from fedanchors.config import DataConfig
+from fedanchors.data.base import (
+    SCENARIOS,
+    ScenarioData,
+    group_fractions,
+    make_group,
+    options_dataclass,
+    resize,
+    scenario_options,
+    split_fractions,
+)
+
+
+@options_dataclass
+class DigitsOptions:
+    """Fractions of the 1,797 images given to each group (disjoint)."""
+
+    fractions: dict[str, float] = field(default_factory=lambda: {"digits8": 0.5, "digits16": 0.5})
+
+
+def load_uci_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """(1797, 1, 8, 8) in [0, 1] and labels, from scikit-learn's bundled copy."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return x, torch.tensor(d.target, dtype=torch.int64)
+
+
+@SCENARIOS.register("digits")
+def digits(cfg: DataConfig) -> ScenarioData:
+    """``digits8`` (8x8 as is) and ``digits16`` (bilinear 16x16): two input spaces."""
+    opts = scenario_options(DigitsOptions, cfg)
+    names = ["digits8", "digits16"]
+    x, y = load_uci_digits()
+    parts = split_fractions(len(y), group_fractions(opts.fractions, names), cfg.split_seed)
+    groups = []
+    for i, (name, idx) in enumerate(zip(names, parts)):
+        xi = x[idx] if name == "digits8" else resize(x[idx], 16)
+        groups.append(make_group(name, name, xi, y[idx], cfg, cfg.split_seed + 1 + i))
+    return ScenarioData(groups, 10)

@@ -1,0 +1,13 @@
+"""Errors a user can cause: they end the CLI with one line and exit code 2."""
+
+
+class FedAnchorsError(Exception):
+    """Base for user-facing errors (bad config, missing or corrupt data, resources)."""
+
+
+class ConfigError(FedAnchorsError):
+    """A config key, value, type or resource request is wrong."""
+
+
+class DataError(FedAnchorsError):
+    """A data file or folder is missing or corrupt."""

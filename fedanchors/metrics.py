@@ -1,0 +1,59 @@
+"""Group-wise evaluation with fixed key names (WILDS style); empty groups are NaN."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedanchors.data.base import Split
+
+
+@torch.no_grad()
+def split_counts(
+    encoder: nn.Module, head: nn.Module, split: Split, num_classes: int, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per-class (correct (C,), total (C,)) and the summed CE of one group's split."""
+    encoder.eval()
+    head.eval()
+    correct = torch.zeros(num_classes, dtype=torch.int64)
+    total = torch.zeros(num_classes, dtype=torch.int64)
+    loss = 0.0
+    for i in range(0, len(split), batch_size):
+        x, y = split.x[i : i + batch_size].to(device), split.y[i : i + batch_size].to(device)
+        logits = head(encoder(x))
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        hit = (logits.argmax(1) == y).long().cpu()
+        correct += torch.bincount(y.cpu(), weights=hit, minlength=num_classes).long()
+        total += torch.bincount(y.cpu(), minlength=num_classes)
+    encoder.train()
+    head.train()
+    return correct, total, loss
+
+
+def summarize(names: list[str], correct: torch.Tensor, total: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
+    """Metrics from per-group per-class counts: correct/total (G, C), loss sums (G,).
+
+    ``acc_all`` over every sample, ``acc_group:<g>``, ``acc_wg`` (worst group),
+    ``acc_bal`` (mean per-class recall over all groups) and ``loss_group:<g>``.
+    """
+    correct, total = correct.double(), total.double()
+    out: dict[str, float] = {"acc_all": _ratio(correct.sum(), total.sum())}
+    accs = []
+    for g, name in enumerate(names):
+        acc = _ratio(correct[g].sum(), total[g].sum())
+        out[f"acc_group:{name}"] = acc
+        out[f"loss_group:{name}"] = _ratio(loss[g], total[g].sum())
+        if not math.isnan(acc):
+            accs.append(acc)
+    out["acc_wg"] = min(accs) if accs else float("nan")
+    per_class = correct.sum(0) / total.sum(0)
+    seen = total.sum(0) > 0
+    out["acc_bal"] = float(per_class[seen].mean()) if bool(seen.any()) else float("nan")
+    return out
+
+
+def _ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a / b) if float(b) > 0 else float("nan")

@@ -1,0 +1,101 @@
+"""Encoders (one per input space) into the shared latent R^d, and the shared head."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fedanchors.anchors import AnchorModule
+from fedanchors.config import EncoderConfig, ModelConfig
+from fedanchors.registry import Registry
+
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
+
+
+@ENCODERS.register("cnn")
+def cnn(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Module:
+    """Conv3x3-ReLU-MaxPool blocks (``channels``), then an MLP to the latent space."""
+    layers: list[nn.Module] = []
+    c_in, side = shape[0], min(shape[1:])
+    for c_out in cfg.channels:
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+        if side >= 4:
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        c_in = c_out
+    body = nn.Sequential(*layers, nn.Flatten())
+    with torch.no_grad():
+        flat = body(torch.zeros(1, *shape)).shape[1]
+    return nn.Sequential(body, nn.Linear(flat, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, latent_dim))
+
+
+@ENCODERS.register("mlp")
+def mlp(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Module:
+    """Two hidden layers on the flattened input."""
+    n = int(torch.tensor(shape).prod())
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(n, cfg.hidden),
+        nn.ReLU(),
+        nn.Linear(cfg.hidden, cfg.hidden),
+        nn.ReLU(),
+        nn.Linear(cfg.hidden, latent_dim),
+    )
+
+
+@ENCODERS.register("resnet18")
+def resnet18(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Module:
+    """torchvision ResNet-18, no pretrained weights, first conv sized to the input channels."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None, num_classes=latent_dim)
+    if shape[0] != 3:
+        net.conv1 = nn.Conv2d(shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+@HEADS.register("linear")
+def linear_head(latent_dim: int, num_classes: int, hidden: int) -> nn.Module:
+    """psi(z) = W z + b."""
+    return nn.Linear(latent_dim, num_classes)
+
+
+@HEADS.register("mlp")
+def mlp_head(latent_dim: int, num_classes: int, hidden: int) -> nn.Module:
+    """d -> hidden -> C with a ReLU."""
+    return nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from any parts, identical across processes (unlike ``hash``)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
+
+
+def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module under a forked RNG so its init depends on ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def build_encoder(cfg: ModelConfig, space: str, shape: tuple[int, ...], seed: int) -> nn.Module:
+    """The encoder of input space ``space``; same (seed, space) -> same weights in both modes."""
+    enc = cfg.encoders.get(space, cfg.encoder)
+    builder = ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")
+    return _seeded(stable_seed(seed, "encoder", space), lambda: builder(tuple(shape), cfg.latent_dim, enc))
+
+
+def build_head(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
+    """The shared classification head."""
+    builder = HEADS.get(cfg.head, "model.head")
+    return _seeded(stable_seed(seed, "head"), lambda: builder(cfg.latent_dim, num_classes, cfg.head_hidden))
+
+
+def build_anchors(latent_dim: int, num_classes: int, eps: float, init_scale: float, seed: int) -> AnchorModule:
+    """The shared class anchors."""
+    return _seeded(stable_seed(seed, "anchors"), lambda: AnchorModule(num_classes, latent_dim, eps, init_scale))

@@ -1,0 +1,53 @@
+"""Per-class moments of latent codes: differentiable batch moments, exact data statistics."""
+
+from __future__ import annotations
+
+import torch
+
+
+def batch_class_moments(
+    z: torch.Tensor, y: torch.Tensor, num_classes: int, cov_eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Moments of the classes present in a batch, differentiable in ``z``.
+
+    z (B, d), y (B,) -> (classes (K,), means (K, d), covs (K, d, d)); covariances are
+    the biased (1/n) estimate plus ``cov_eps * I``, so a class seen once gives
+    cov_eps * I rather than NaN. Classes absent from the batch are skipped.
+    """
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(z.dtype)  # (B, C)
+    counts = onehot.sum(0)
+    classes = torch.nonzero(counts > 0).squeeze(1)
+    w = onehot[:, classes] / counts[classes]  # (B, K) rows of 1/n_c
+    means = w.mT @ z  # (K, d)
+    centred = z.unsqueeze(0) - means.unsqueeze(1)  # (K, B, d)
+    covs = (centred * w.mT.unsqueeze(-1)).mT @ centred
+    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    return classes, means, covs + cov_eps * eye
+
+
+@torch.no_grad()
+def class_sufficient_stats(
+    z: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sums for exact moments over a whole split, in float64.
+
+    -> (counts (C,), sums (C, d), outer sums (C, d, d)); add them across batches.
+    """
+    z = z.double()
+    onehot = torch.nn.functional.one_hot(y, num_classes).double()
+    return onehot.sum(0), onehot.mT @ z, torch.einsum("bc,bi,bj->cij", onehot, z, z)
+
+
+def stats_to_moments(
+    counts: torch.Tensor, sums: torch.Tensor, outer: torch.Tensor, cov_eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts, sums, outer sums) -> (means (C, d), covs (C, d, d)), float32.
+
+    Classes with no samples get mean 0 and cov_eps * I; callers mask them by count.
+    """
+    n = counts.clamp_min(1).unsqueeze(-1)
+    means = sums / n
+    covs = outer / n.unsqueeze(-1) - means.unsqueeze(-1) * means.unsqueeze(-2)
+    covs = 0.5 * (covs + covs.mT)
+    eye = torch.eye(sums.shape[-1], dtype=covs.dtype)
+    return means.float(), (covs + cov_eps * eye).float()

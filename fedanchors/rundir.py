@@ -1,0 +1,92 @@
+"""Run directories: config.yaml, metrics.jsonl, summary.json, checkpoints/.
+
+A new run never writes into an existing directory: ``runs/<name>`` is taken if free,
+else ``runs/<name>-2``, ``-3``, ... so nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedanchors.config import Config, save_config
+from fedanchors.errors import ConfigError
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)
+    if isinstance(v, torch.Tensor):
+        return _jsonable(v.item() if v.numel() == 1 else v.tolist())
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+class RunDir:
+    """The files of one run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, cfg: Config) -> "RunDir":
+        """Make a fresh directory under ``cfg.out_dir`` and save the resolved config."""
+        base = Path(cfg.out_dir) / (cfg.name or "run")
+        path, k = base, 1
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    k += 1
+                    path = base.with_name(f"{base.name}-{k}")
+        except OSError as e:
+            raise ConfigError(f"out_dir: cannot create a run directory under {cfg.out_dir!r} ({e.strerror}); pick a writable out_dir") from None
+        (path / "checkpoints").mkdir()
+        save_config(cfg, path / "config.yaml")
+        return cls(path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one line to metrics.jsonl."""
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json atomically."""
+        tmp = self.path / "summary.json.tmp"
+        tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+        os.replace(tmp, self.path / "summary.json")
+
+    def checkpoint(self, name: str) -> Path:
+        return self.path / "checkpoints" / name
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but no CUDA GPU is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,106 @@
+"""Training maths shared by both modes: group losses, one optimizer step, local training."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedanchors.anchors import AnchorModule
+from fedanchors.config import AnchorConfig, OptimConfig
+from fedanchors.data.base import Split
+from fedanchors.losses import SEPARATIONS
+from fedanchors.moments import batch_class_moments
+from fedanchors.wasserstein import gaussian_w2
+
+
+def group_fit_losses(
+    zs: list[torch.Tensor], ys: list[torch.Tensor], anchors: AnchorModule, cov_eps: float
+) -> torch.Tensor:
+    """W2 fit of each group's batch class moments to the anchors -> (G,).
+
+    All groups' classes go through one batched ``gaussian_w2`` call; a group's value is
+    the mean over the classes present in its batch.
+    """
+    parts = [batch_class_moments(z, y, anchors.num_classes, cov_eps) for z, y in zip(zs, ys)]
+    classes = torch.cat([p[0] for p in parts])
+    means = torch.cat([p[1] for p in parts])
+    covs = torch.cat([p[2] for p in parts])
+    w2 = gaussian_w2(anchors.means[classes], anchors.covariances()[classes], means, covs)
+    sizes = [int(p[0].numel()) for p in parts]
+    return torch.stack([chunk.mean() for chunk in torch.split(w2, sizes)])
+
+
+def separation_loss(anchors: AnchorModule, head: nn.Module, cfg: AnchorConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """The configured anchor separation loss."""
+    return SEPARATIONS.get(cfg.sep, "anchors.sep")(anchors, head, cfg.samples, cfg.margin, generator)
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay) or SGD with momentum, from the config."""
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def clip_and_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_clip: float) -> None:
+    """Clip the global gradient norm (when > 0), then step."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches (the last may be short)."""
+    perm = torch.randperm(n, generator=generator)
+    return list(torch.split(perm, batch_size))
+
+
+def local_train(
+    encoder: nn.Module,
+    head: nn.Module,
+    anchors: AnchorModule,
+    split: Split,
+    opt: torch.optim.Optimizer,
+    cfg_optim: OptimConfig,
+    cfg_anchors: AnchorConfig,
+    steps: int,
+    encoder_scale: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict[str, float]:
+    """A client's local work: ``steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
+
+    The encoder's gradient is multiplied by ``encoder_scale``, the total aggregation
+    weight of the clients that hold this encoder (w_g for a private one): with plain SGD
+    this makes the federated step equal the centralized step on sum_g w_g CE_g, while
+    the head takes the unscaled gradient and is averaged by the server with weights w.
+    Returns the mean CE (the group loss for GroupDRO) and mean fit over the steps.
+    """
+    params = list(encoder.parameters()) + list(head.parameters())
+    order: list[torch.Tensor] = []
+    ce_sum = fit_sum = 0.0
+    for _ in range(steps):
+        if not order:
+            order = batches(len(split), cfg_optim.batch_size, generator)
+        idx = order.pop(0)
+        x, y = split.x[idx].to(device), split.y[idx].to(device)
+        z = encoder(x)
+        ce = F.cross_entropy(head(z), y)
+        loss = ce
+        if cfg_anchors.lambda_fit > 0:
+            fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps)[0]
+            loss = loss + cfg_anchors.lambda_fit * fit
+            fit_sum += float(fit)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if encoder_scale != 1.0:
+            for p in encoder.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(encoder_scale)
+        clip_and_step(opt, params, cfg_optim.grad_clip)
+        ce_sum += float(ce)
+    return {"loss": ce_sum / steps, "fit": fit_sum / steps}
