@@ -7,7 +7,8 @@ unknown name is a user error that lists the valid names, raised at config load.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from fedanchors.errors import ConfigError
 

@@ -39,7 +39,7 @@ class RunDir:
         self.path = path
 
     @classmethod
-    def create(cls, cfg: Config) -> "RunDir":
+    def create(cls, cfg: Config) -> RunDir:
         """Make a fresh directory under ``cfg.out_dir`` and save the resolved config."""
         base = Path(cfg.out_dir) / (cfg.name or "run")
         path, k = base, 1

@@ -1,0 +1,131 @@
+"""The client's work for each message type, over the library's functions."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from clients.protocol import ANCHORS, ENCODER, HEAD, pack, pack_arrays, unpack
+from fedanchors.config import Config, to_dict
+from fedanchors.data import GroupData, ScenarioData, build_scenario
+from fedanchors.metrics import split_counts
+from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.moments import class_sufficient_stats, stats_to_moments
+from fedanchors.rundir import resolve_device, seed_everything
+from fedanchors.train import local_train, make_optimizer
+
+_DATA: dict[str, ScenarioData] = {}  # read-only cache per actor process, keyed by data config
+
+
+def scenario(cfg: Config) -> ScenarioData:
+    key = json.dumps(to_dict(cfg.data), sort_keys=True)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = build_scenario(cfg.data)
+    return _DATA[key]
+
+
+class ClientModel:
+    """This node's encoder (and optimizer state) restored from context.state, plus head and anchors."""
+
+    def __init__(self, cfg: Config, group: GroupData, num_classes: int, context: Context) -> None:
+        self.cfg, self.group, self.context = cfg, group, context
+        self.device = resolve_device(cfg.device)
+        m, a = cfg.model, cfg.anchors
+        self.encoder = build_encoder(m, group.space, group.shape, cfg.seed).to(self.device)
+        self.head = build_head(m, num_classes, cfg.seed).to(self.device)
+        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed).to(self.device)
+        self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
+        if "client" in context.state:
+            blob = context.state["client"]["blob"]
+            state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+            self.encoder.load_state_dict(state["encoder"])
+            self.opt.load_state_dict(state["opt"])
+
+    def load_global(self, content: RecordDict) -> None:
+        """Take the server's head, anchors and (when shared) encoder."""
+        rec = content["global"]
+        self.head.load_state_dict(unpack(rec, HEAD))
+        self.anchors.load_state_dict(unpack(rec, ANCHORS))
+        enc = unpack(rec, ENCODER)
+        if enc:
+            self.encoder.load_state_dict(enc)
+
+    def save(self) -> None:
+        """Persist encoder and optimizer state on this node (never sent)."""
+        buf = io.BytesIO()
+        torch.save({"encoder": self.encoder.state_dict(), "opt": self.opt.state_dict()}, buf)
+        self.context.state["client"] = ConfigRecord({"blob": buf.getvalue()})
+
+    @torch.no_grad()
+    def class_stats(self) -> dict[str, np.ndarray]:
+        """Per-class count, mean and covariance of the training split in latent space."""
+        self.encoder.eval()
+        C = self.anchors.num_classes
+        sums = None
+        for i in range(0, len(self.group.train), 512):
+            x = self.group.train.x[i : i + 512].to(self.device)
+            part = class_sufficient_stats(self.encoder(x).cpu(), self.group.train.y[i : i + 512], C)
+            sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
+        self.encoder.train()
+        means, covs = stats_to_moments(*sums, self.cfg.anchors.cov_eps)
+        return {"counts": sums[0].numpy(), "means": means.numpy(), "covs": covs.numpy()}
+
+
+def _setup(msg: Message, context: Context, cfg: Config) -> tuple[int, int, ScenarioData]:
+    pid = int(context.node_config["partition-id"])
+    rnd = int(msg.content["config"]["round"])
+    seed_everything(stable_seed(cfg.seed, "client", pid, rnd), cfg.deterministic)
+    return pid, rnd, scenario(cfg)
+
+
+def train(msg: Message, context: Context, cfg: Config) -> Message:
+    """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
+    pid, rnd, data = _setup(msg, context, cfg)
+    group = data.groups[pid]
+    if pid == cfg.federated.fault_partition and rnd == cfg.federated.fault_round:
+        raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.fault_*)")
+    model = ClientModel(cfg, group, data.num_classes, context)
+    model.load_global(msg.content)
+    conf = msg.content["config"]
+    f = cfg.federated
+    steps = f.local_steps or f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
+    gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
+    res = local_train(
+        model.encoder, model.head, model.anchors, group.train, model.opt, cfg.optim, cfg.anchors,
+        steps, float(conf["encoder_scale"]), gen, model.device,
+    )
+    model.save()
+    shared = bool(conf["encoder_shared"])
+    arrays = pack(head=model.head.state_dict(), **({"encoder": model.encoder.state_dict()} if shared else {}))
+    metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": res["loss"], "fit": res["fit"]})
+    content = RecordDict({"global": arrays, "stats": pack_arrays(**model.class_stats()), "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context, cfg: Config) -> Message:
+    """Per-class correct/total and summed loss on val and test with the global head."""
+    pid, _, data = _setup(msg, context, cfg)
+    model = ClientModel(cfg, data.groups[pid], data.num_classes, context)
+    model.load_global(msg.content)
+    out: dict = {"partition": pid}
+    for split in ("val", "test"):
+        correct, total, loss = split_counts(
+            model.encoder, model.head, getattr(model.group, split), data.num_classes, 512, model.device
+        )
+        out.update({f"{split}_correct": correct.tolist(), f"{split}_total": total.tolist(), f"{split}_loss": loss})
+    return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
+
+
+def query(msg: Message, context: Context, cfg: Config) -> Message:
+    """Who this node is: partition, group, input space and shape, example count."""
+    pid = int(context.node_config["partition-id"])
+    g = scenario(cfg).groups[pid]
+    info = ConfigRecord({"group": g.name, "space": g.space, "shape": list(g.shape)})
+    metrics = MetricRecord({"partition": pid, "num-examples": len(g.train)})
+    return Message(RecordDict({"info": info, "metrics": metrics}), reply_to=msg)

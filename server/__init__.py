@@ -1,0 +1,1 @@
+"""Flower ServerApp and the FedAnchors strategy."""

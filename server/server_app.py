@@ -1,0 +1,54 @@
+"""The Flower ServerApp: builds the FedAnchors strategy and lets ``Strategy.start`` run it.
+
+``make_server_app`` is used by ``python -m fedanchors.simulate``; the module-level ``app``
+serves ``flwr run .`` (config path and overrides from the run config).
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedanchors.config import Config, load_config
+from fedanchors.rundir import RunDir
+from server.strategy import FedAnchors
+
+
+def make_server_app(cfg: Config | None, num_clients: int, num_classes: int, run: RunDir | None,
+                    holder: dict) -> ServerApp:
+    """A ServerApp whose strategy is left in ``holder["strategy"]`` for the caller."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedAnchors(cfg, num_clients, num_classes, run)
+        holder["strategy"] = strategy
+        try:
+            strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds,
+                           timeout=cfg.federated.round_timeout)
+        except Exception as e:  # surfaced by the caller as one line, not a Flower traceback
+            holder["error"] = e
+
+    return app
+
+
+def _flwr_run_app() -> ServerApp:
+    """For ``flwr run .``: read the config from the run config, write a normal run directory."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedanchors.data import build_scenario
+
+        rc = context.run_config
+        cfg = load_config(str(rc["config"]), [s for s in str(rc.get("overrides", "")).split() if s])
+        data = build_scenario(cfg.data)
+        run = RunDir.create(cfg)
+        strategy = FedAnchors(cfg, len(data.groups), data.num_classes, run)
+        strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds, timeout=cfg.federated.round_timeout)
+        run.write_summary(strategy.finish())
+
+    return app
+
+
+app = _flwr_run_app()

@@ -1,0 +1,215 @@
+"""FedAnchors: GroupDRO, head/encoder aggregation and the W2 anchor fit as Strategy hooks.
+
+Flower's ``Strategy.start`` drives the rounds; this class only overrides the hooks. Its
+maths are the library's (``fedanchors.aggregate``, ``fedanchors.methods``), the same
+functions the centralized mode uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from tqdm import tqdm
+
+from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
+from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
+from fedanchors.config import Config
+from fedanchors.errors import FedAnchorsError
+from fedanchors.methods import build_method
+from fedanchors.metrics import summarize
+from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.rundir import RunDir
+
+log = logging.getLogger("fedanchors.server")
+
+
+class FedAnchors(Strategy):
+    """Server state: head, anchors, shared encoders, GroupDRO q; one client per group."""
+
+    def __init__(self, cfg: Config, num_clients: int, num_classes: int, run: RunDir | None = None) -> None:
+        self.cfg, self.run, self.num_clients = cfg, run, num_clients
+        m, a = cfg.model, cfg.anchors
+        self.head = build_head(m, num_classes, cfg.seed)
+        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed)
+        self.sep_gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "server-separation"))
+        self.nodes: dict[int, int] = {}  # partition -> node id
+        self.info: list[dict] = []  # per partition: group, space, shape, n
+        self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
+        self.method = None
+        self.weights = torch.empty(0)
+        self.last_losses: torch.Tensor | None = None
+        self.train_record: dict[str, float] = {}
+        self.best: dict = {"val_acc_wg": -1.0}
+        self.bytes_sent = self.bytes_received = 0
+        self.round_bytes = [0, 0]
+        self.t0 = time.time()
+        self.bar = tqdm(total=cfg.federated.rounds, desc=f"{cfg.name} federated", unit="round", disable=None if cfg.progress else True)
+
+    # -- setup ------------------------------------------------------------------------
+    def _discover(self, grid: Grid) -> None:
+        """Wait for every node, then ask each which partition, group and space it is."""
+        deadline = time.time() + self.cfg.federated.round_timeout
+        while len(ids := list(grid.get_node_ids())) < self.num_clients:
+            if time.time() > deadline:
+                raise FedAnchorsError(f"only {len(ids)} of {self.num_clients} clients connected; check the Ray resources")
+            time.sleep(0.1)
+        msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n, group_id="query") for n in ids]
+        replies = [r for r in grid.send_and_receive(msgs, timeout=self.cfg.federated.round_timeout) if not r.has_error()]
+        if len(replies) < self.num_clients:
+            raise FedAnchorsError(f"only {len(replies)} of {self.num_clients} clients answered the setup query")
+        info = {}
+        for r in replies:
+            pid = int(r.content["metrics"]["partition"])
+            self.nodes[pid] = r.metadata.src_node_id
+            c = r.content["info"]
+            info[pid] = {"group": c["group"], "space": c["space"], "shape": tuple(c["shape"]),
+                         "n": int(r.content["metrics"]["num-examples"])}
+        self.info = [info[p] for p in sorted(info)]
+        self.method = build_method(self.cfg.method, self.names)
+        spaces = [i["space"] for i in self.info]
+        for i in self.info:
+            if spaces.count(i["space"]) > 1 and i["space"] not in self.encoders:
+                self.encoders[i["space"]] = build_encoder(self.cfg.model, i["space"], i["shape"], self.cfg.seed)
+
+    @property
+    def names(self) -> list[str]:
+        return [i["group"] for i in self.info]
+
+    def _payload(self, pid: int) -> ArrayRecord:
+        space = self.info[pid]["space"]
+        extra = {"encoder": self.encoders[space].state_dict()} if space in self.encoders else {}
+        return pack(head=self.head.state_dict(), anchors=self.anchors.state_dict(), **extra)
+
+    def _messages(self, kind: str, rnd: int, config: dict) -> list[Message]:
+        out = []
+        for pid, nid in sorted(self.nodes.items()):
+            conf = ConfigRecord({"round": rnd, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}})
+            msg = Message(RecordDict({"global": self._payload(pid), "config": conf}),
+                          message_type=kind, dst_node_id=nid, group_id=str(rnd))
+            self.round_bytes[0] += message_bytes(msg)
+            out.append(msg)
+        return out
+
+    def _partition(self, reply: Message) -> int:
+        src = reply.metadata.src_node_id
+        return next(p for p, n in self.nodes.items() if n == src)
+
+    def _split_replies(self, rnd: int, replies: Iterable[Message]) -> list[tuple[int, Message]]:
+        """Successful replies in partition order; failures are logged and skipped."""
+        ok = []
+        for r in replies:
+            self.round_bytes[1] += message_bytes(r)
+            if r.has_error():
+                reason = (r.error.reason or "").strip().splitlines()
+                log.warning("round %d: client %d failed: %s", rnd, self._partition(r), reason[-1] if reason else r.error.code)
+            else:
+                ok.append((self._partition(r), r))
+        return sorted(ok, key=lambda t: t[0])
+
+    # -- train ------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        if not self.nodes:
+            self._discover(grid)
+        self.round_bytes = [0, 0]
+        counts = torch.tensor([i["n"] for i in self.info])
+        self.weights = self.method.weights(counts, self.last_losses, server_round - 1)
+        spaces = [i["space"] for i in self.info]
+        scale = space_weights(spaces, self.weights)
+        shared = [s in self.encoders for s in spaces]
+        return self._messages(MessageType.TRAIN, server_round, {"encoder_scale": scale, "encoder_shared": shared})
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
+        ok = self._split_replies(server_round, replies)
+        if len(ok) < self.cfg.federated.min_clients:
+            raise FedAnchorsError(
+                f"round {server_round}: {len(ok)} client replies, fewer than federated.min_clients="
+                f"{self.cfg.federated.min_clients}; see the client errors above"
+            )
+        pids = [p for p, _ in ok]
+        w = [float(self.weights[p]) for p in pids]
+        self.head.load_state_dict(weighted_average([unpack(r.content["global"], HEAD) for _, r in ok], w))
+        for space, enc in self.encoders.items():
+            held = [(wi, r) for wi, (p, r) in zip(w, ok) if self.info[p]["space"] == space]
+            if held:
+                enc.load_state_dict(weighted_average([unpack(r.content["global"], ENCODER) for _, r in held],
+                                                     [wi for wi, _ in held]))
+        losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
+        for p, r in ok:
+            losses[p] = float(r.content["metrics"]["loss"])
+        a = self.cfg.anchors
+        rec = {"loss": float(losses[pids].mean()), "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok)}
+        if a.lambda_fit > 0 or a.lambda_sep > 0:
+            stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
+            stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
+            wt = torch.tensor(w) / sum(w)
+            res = fit_anchors(self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt,
+                              a, self.cfg.optim, self.sep_gen)
+            rec.update({"anchor_fit": res["fit"], "sep": res["sep"]})
+        self.method.step(losses, server_round - 1)
+        self.last_losses = losses
+        self.train_record = rec
+        arrays = pack(head=self.head.state_dict(), anchors=self.anchors.state_dict())
+        return arrays, MetricRecord({k: float(v) for k, v in rec.items()})
+
+    # -- evaluate ---------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        return self._messages(MessageType.EVALUATE, server_round, {})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
+        ok = self._split_replies(server_round, replies)
+        out = {s: self._summarize(s, ok) for s in ("val", "test")}
+        self.bytes_sent += self.round_bytes[0]
+        self.bytes_received += self.round_bytes[1]
+        record = {"round": server_round, "epoch": server_round, **self.train_record, **out["val"]}
+        record.update({f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)})
+        record.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
+        if self.run:
+            self.run.log(record)
+        if out["val"]["acc_wg"] > self.best["val_acc_wg"]:
+            self.best = {"val_acc_wg": out["val"]["acc_wg"], "round": server_round, "test": out["test"]}
+            if self.run:
+                torch.save({"head": self.head.state_dict(), "anchors": self.anchors.state_dict(),
+                            "q": self.method.q}, self.run.checkpoint("best_server.pt"))
+        self.bar.update(1)
+        self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
+        return MetricRecord({k: float(v) for k, v in out["val"].items()})
+
+    def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
+        G, C = len(self.info), self.anchors.num_classes
+        correct = torch.zeros(G, C, dtype=torch.int64)
+        total = torch.zeros(G, C, dtype=torch.int64)
+        loss = torch.zeros(G, dtype=torch.float64)
+        for p, r in ok:
+            m = r.content["metrics"]
+            correct[p] = torch.tensor(m[f"{split}_correct"])
+            total[p] = torch.tensor(m[f"{split}_total"])
+            loss[p] = float(m[f"{split}_loss"])
+        return summarize(self.names, correct, total, loss)
+
+    def summary(self) -> None:
+        log.info("FedAnchors: %d clients, method %s, %d rounds", self.num_clients, self.cfg.method.name,
+                 self.cfg.federated.rounds)
+
+    def finish(self) -> dict:
+        """The run's summary: test metrics at the round with the best validation acc_wg."""
+        self.bar.close()
+        if self.run:
+            state = {"head": self.head.state_dict(), "anchors": self.anchors.state_dict(), "q": self.method.q}
+            torch.save(state, self.run.checkpoint("last_server.pt"))
+        return {
+            "mode": "federated",
+            "best_round": self.best.get("round"),
+            "best_val_acc_wg": self.best["val_acc_wg"],
+            **{f"test_{k}": v for k, v in self.best.get("test", {}).items()},
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "wall_time_s": time.time() - self.t0,
+            "device": "cpu" if self.cfg.federated.num_gpus == 0 else "cuda",
+        }
