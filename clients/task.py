@@ -97,8 +97,17 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     steps = f.local_steps or f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
     res = local_train(
-        model.encoder, model.head, model.anchors, group.train, model.opt, cfg.optim, cfg.anchors,
-        steps, float(conf["encoder_scale"]), gen, model.device,
+        model.encoder,
+        model.head,
+        model.anchors,
+        group.train,
+        model.opt,
+        cfg.optim,
+        cfg.anchors,
+        steps,
+        float(conf["encoder_scale"]),
+        gen,
+        model.device,
     )
     model.save()
     shared = bool(conf["encoder_shared"])

@@ -115,7 +115,12 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     t0 = time.time()
     tr = CentralizedTrainer(cfg, data)
     best, best_epoch = -1.0, 0
-    bar = tqdm(range(1, cfg.optim.epochs + 1), desc=f"{cfg.name} centralized", unit="epoch", disable=None if cfg.progress else True)
+    bar = tqdm(
+        range(1, cfg.optim.epochs + 1),
+        desc=f"{cfg.name} centralized",
+        unit="epoch",
+        disable=None if cfg.progress else True,
+    )
     for epoch in bar:
         sums: dict[str, float] = {}
         steps = tr.epoch_batches()

@@ -39,9 +39,7 @@ class Registry(Generic[T]):
             where = f"{key}: " if key else ""
             hint = difflib.get_close_matches(name, self._items, n=1)
             close = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}{close}; valid: {', '.join(sorted(self._items))}"
-            )
+            raise ConfigError(f"{where}unknown {self.kind} {name!r}{close}; valid: {', '.join(sorted(self._items))}")
         return self._items[name]
 
     def names(self) -> list[str]:

@@ -53,7 +53,9 @@ class RunDir:
                     k += 1
                     path = base.with_name(f"{base.name}-{k}")
         except OSError as e:
-            raise ConfigError(f"out_dir: cannot create a run directory under {cfg.out_dir!r} ({e.strerror}); pick a writable out_dir") from None
+            raise ConfigError(
+                f"out_dir: cannot create a run directory under {cfg.out_dir!r} ({e.strerror}); pick a writable out_dir"
+            ) from None
         (path / "checkpoints").mkdir()
         save_config(cfg, path / "config.yaml")
         return cls(path)

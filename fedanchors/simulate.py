@@ -20,8 +20,14 @@ EXIT_USER_ERROR = 2
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fedanchors.simulate", description=__doc__)
     p.add_argument("--config", help="YAML config (default: built-in digits defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)",
+    )
     return p.parse_args(argv)
 
 

@@ -33,7 +33,9 @@ def group_fit_losses(
     return torch.stack([chunk.mean() for chunk in torch.split(w2, sizes)])
 
 
-def separation_loss(anchors: AnchorModule, head: nn.Module, cfg: AnchorConfig, generator: torch.Generator | None) -> torch.Tensor:
+def separation_loss(
+    anchors: AnchorModule, head: nn.Module, cfg: AnchorConfig, generator: torch.Generator | None
+) -> torch.Tensor:
     """The configured anchor separation loss."""
     return SEPARATIONS.get(cfg.sep, "anchors.sep")(anchors, head, cfg.samples, cfg.margin, generator)
 

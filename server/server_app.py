@@ -14,8 +14,9 @@ from fedanchors.rundir import RunDir
 from server.strategy import FedAnchors
 
 
-def make_server_app(cfg: Config | None, num_clients: int, num_classes: int, run: RunDir | None,
-                    holder: dict) -> ServerApp:
+def make_server_app(
+    cfg: Config | None, num_clients: int, num_classes: int, run: RunDir | None, holder: dict
+) -> ServerApp:
     """A ServerApp whose strategy is left in ``holder["strategy"]`` for the caller."""
     app = ServerApp()
 
@@ -24,8 +25,7 @@ def make_server_app(cfg: Config | None, num_clients: int, num_classes: int, run:
         strategy = FedAnchors(cfg, num_clients, num_classes, run)
         holder["strategy"] = strategy
         try:
-            strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds,
-                           timeout=cfg.federated.round_timeout)
+            strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds, timeout=cfg.federated.round_timeout)
         except Exception as e:  # surfaced by the caller as one line, not a Flower traceback
             holder["error"] = e
 

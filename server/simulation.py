@@ -59,8 +59,9 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **f.ray_init}
     backend = {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus}, "init_args": init_args}
     server_app = make_server_app(cfg, len(data.groups), data.num_classes, run, holder)
-    run_simulation(server_app, make_client_app(cfg), num_supernodes=len(data.groups),
-                   backend_name="ray", backend_config=backend)
+    run_simulation(
+        server_app, make_client_app(cfg), num_supernodes=len(data.groups), backend_name="ray", backend_config=backend
+    )
     if "error" in holder:
         err = holder["error"]
         raise err if isinstance(err, FedAnchorsError) else FedAnchorsError(f"federated run failed: {err}")

@@ -50,7 +50,12 @@ class FedAnchors(Strategy):
         self.bytes_sent = self.bytes_received = 0
         self.round_bytes = [0, 0]
         self.t0 = time.time()
-        self.bar = tqdm(total=cfg.federated.rounds, desc=f"{cfg.name} federated", unit="round", disable=None if cfg.progress else True)
+        self.bar = tqdm(
+            total=cfg.federated.rounds,
+            desc=f"{cfg.name} federated",
+            unit="round",
+            disable=None if cfg.progress else True,
+        )
 
     # -- setup ------------------------------------------------------------------------
     def _discover(self, grid: Grid) -> None:
@@ -58,10 +63,14 @@ class FedAnchors(Strategy):
         deadline = time.time() + self.cfg.federated.round_timeout
         while len(ids := list(grid.get_node_ids())) < self.num_clients:
             if time.time() > deadline:
-                raise FedAnchorsError(f"only {len(ids)} of {self.num_clients} clients connected; check the Ray resources")
+                raise FedAnchorsError(
+                    f"only {len(ids)} of {self.num_clients} clients connected; check the Ray resources"
+                )
             time.sleep(0.1)
         msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n, group_id="query") for n in ids]
-        replies = [r for r in grid.send_and_receive(msgs, timeout=self.cfg.federated.round_timeout) if not r.has_error()]
+        replies = [
+            r for r in grid.send_and_receive(msgs, timeout=self.cfg.federated.round_timeout) if not r.has_error()
+        ]
         if len(replies) < self.num_clients:
             raise FedAnchorsError(f"only {len(replies)} of {self.num_clients} clients answered the setup query")
         info = {}
@@ -69,8 +78,12 @@ class FedAnchors(Strategy):
             pid = int(r.content["metrics"]["partition"])
             self.nodes[pid] = r.metadata.src_node_id
             c = r.content["info"]
-            info[pid] = {"group": c["group"], "space": c["space"], "shape": tuple(c["shape"]),
-                         "n": int(r.content["metrics"]["num-examples"])}
+            info[pid] = {
+                "group": c["group"],
+                "space": c["space"],
+                "shape": tuple(c["shape"]),
+                "n": int(r.content["metrics"]["num-examples"]),
+            }
         self.info = [info[p] for p in sorted(info)]
         self.method = build_method(self.cfg.method, self.names)
         spaces = [i["space"] for i in self.info]
@@ -91,8 +104,12 @@ class FedAnchors(Strategy):
         out = []
         for pid, nid in sorted(self.nodes.items()):
             conf = ConfigRecord({"round": rnd, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}})
-            msg = Message(RecordDict({"global": self._payload(pid), "config": conf}),
-                          message_type=kind, dst_node_id=nid, group_id=str(rnd))
+            msg = Message(
+                RecordDict({"global": self._payload(pid), "config": conf}),
+                message_type=kind,
+                dst_node_id=nid,
+                group_id=str(rnd),
+            )
             self.round_bytes[0] += message_bytes(msg)
             out.append(msg)
         return out
@@ -108,13 +125,17 @@ class FedAnchors(Strategy):
             self.round_bytes[1] += message_bytes(r)
             if r.has_error():
                 reason = (r.error.reason or "").strip().splitlines()
-                log.warning("round %d: client %d failed: %s", rnd, self._partition(r), reason[-1] if reason else r.error.code)
+                log.warning(
+                    "round %d: client %d failed: %s", rnd, self._partition(r), reason[-1] if reason else r.error.code
+                )
             else:
                 ok.append((self._partition(r), r))
         return sorted(ok, key=lambda t: t[0])
 
     # -- train ------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         if not self.nodes:
             self._discover(grid)
         self.round_bytes = [0, 0]
@@ -138,19 +159,32 @@ class FedAnchors(Strategy):
         for space, enc in self.encoders.items():
             held = [(wi, r) for wi, (p, r) in zip(w, ok) if self.info[p]["space"] == space]
             if held:
-                enc.load_state_dict(weighted_average([unpack(r.content["global"], ENCODER) for _, r in held],
-                                                     [wi for wi, _ in held]))
+                enc.load_state_dict(
+                    weighted_average([unpack(r.content["global"], ENCODER) for _, r in held], [wi for wi, _ in held])
+                )
         losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
         for p, r in ok:
             losses[p] = float(r.content["metrics"]["loss"])
         a = self.cfg.anchors
-        rec = {"loss": float(losses[pids].mean()), "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok)}
+        rec = {
+            "loss": float(losses[pids].mean()),
+            "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok),
+        }
         if a.lambda_fit > 0 or a.lambda_sep > 0:
             stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
             stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
             wt = torch.tensor(w) / sum(w)
-            res = fit_anchors(self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt,
-                              a, self.cfg.optim, self.sep_gen)
+            res = fit_anchors(
+                self.anchors,
+                self.head,
+                stacked["counts"],
+                stacked["means"],
+                stacked["covs"],
+                wt,
+                a,
+                self.cfg.optim,
+                self.sep_gen,
+            )
             rec.update({"anchor_fit": res["fit"], "sep": res["sep"]})
         self.method.step(losses, server_round - 1)
         self.last_losses = losses
@@ -159,7 +193,9 @@ class FedAnchors(Strategy):
         return arrays, MetricRecord({k: float(v) for k, v in rec.items()})
 
     # -- evaluate ---------------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         return self._messages(MessageType.EVALUATE, server_round, {})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
@@ -175,8 +211,10 @@ class FedAnchors(Strategy):
         if out["val"]["acc_wg"] > self.best["val_acc_wg"]:
             self.best = {"val_acc_wg": out["val"]["acc_wg"], "round": server_round, "test": out["test"]}
             if self.run:
-                torch.save({"head": self.head.state_dict(), "anchors": self.anchors.state_dict(),
-                            "q": self.method.q}, self.run.checkpoint("best_server.pt"))
+                torch.save(
+                    {"head": self.head.state_dict(), "anchors": self.anchors.state_dict(), "q": self.method.q},
+                    self.run.checkpoint("best_server.pt"),
+                )
         self.bar.update(1)
         self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
         return MetricRecord({k: float(v) for k, v in out["val"].items()})
@@ -194,8 +232,12 @@ class FedAnchors(Strategy):
         return summarize(self.names, correct, total, loss)
 
     def summary(self) -> None:
-        log.info("FedAnchors: %d clients, method %s, %d rounds", self.num_clients, self.cfg.method.name,
-                 self.cfg.federated.rounds)
+        log.info(
+            "FedAnchors: %d clients, method %s, %d rounds",
+            self.num_clients,
+            self.cfg.method.name,
+            self.cfg.federated.rounds,
+        )
 
     def finish(self) -> dict:
         """The run's summary: test metrics at the round with the best validation acc_wg."""

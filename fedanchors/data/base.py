@@ -88,6 +88,8 @@ def split_fractions(n: int, fractions: list[float], seed: int) -> list[torch.Ten
         raise ConfigError(f"fractions {fractions} must be >= 0 and sum to at most 1")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     cuts, start, out = [round(f * n) for f in fractions], 0, []
+    if abs(sum(fractions) - 1) < 1e-9:
+        cuts[-1] = n - sum(cuts[:-1])  # fractions that cover everything lose no sample to rounding
     for c in cuts:
         out.append(perm[start : start + c])
         start += c

@@ -1,0 +1,68 @@
+"""The centralized trainer on real data: determinism, run files, accuracy targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedanchors.config import load_config
+from fedanchors.simulate import run
+
+from .conftest import REPO, small_config
+
+
+def test_same_seed_same_metrics(tmp_path):
+    cfg = small_config(tmp_path, optim={"epochs": 2, "batch_size": 64})
+    a, b = run(cfg), run(cfg)
+    assert a["run_dir"] != b["run_dir"]
+    la = (tmp_path / "runs" / "t" / "metrics.jsonl").read_text()
+    lb = (tmp_path / "runs" / "t-2" / "metrics.jsonl").read_text()
+    assert la == lb and json.loads(la.splitlines()[-1])["epoch"] == 2
+    assert {k: v for k, v in a.items() if k.startswith("test_")} == {
+        k: v for k, v in b.items() if k.startswith("test_")
+    }
+    c = run(small_config(tmp_path, seed=1, optim={"epochs": 2, "batch_size": 64}))
+    assert (tmp_path / "runs" / "t-3" / "metrics.jsonl").read_text() != la
+    assert c["run_dir"].endswith("t-3")
+
+
+def test_run_directory_contents(tmp_path):
+    s = run(small_config(tmp_path, optim={"epochs": 2}))
+    d = tmp_path / "runs" / "t"
+    assert {p.name for p in d.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "checkpoints"}
+    rec = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+    for key in (
+        "acc_all",
+        "acc_wg",
+        "acc_bal",
+        "acc_group:digits8",
+        "acc_group:digits16",
+        "loss_group:digits8",
+        "q:digits8",
+        "fit",
+        "sep",
+    ):
+        assert key in rec, key
+    state = torch.load(d / "checkpoints" / "best.pt", weights_only=True)
+    assert "model" in state and s["device"] == "cpu"
+    assert load_config(d / "config.yaml").optim.epochs == 2
+
+
+@pytest.mark.slow
+def test_digits_default_reaches_target(tmp_path):
+    """The README's first command: test acc_wg >= 0.90 on the embedded default."""
+    cfg = load_config(REPO / "configs" / "digits.yaml", [f"out_dir={tmp_path}", "progress=false"])
+    assert run(cfg)["test_acc_wg"] >= 0.90
+
+
+@pytest.mark.slow
+def test_mnist_hetero_real_data(tmp_path, shared_data):
+    """System 1 on the shared MNIST files (4 of the config's 8 epochs, to keep CI short)."""
+    cfg = load_config(
+        REPO / "configs" / "mnist_hetero.yaml",
+        [f"out_dir={tmp_path}", "progress=false", f"data.root={shared_data}", "optim.epochs=4"],
+    )
+    s = run(cfg)
+    assert s["test_acc_wg"] >= 0.94, s
