@@ -37,7 +37,9 @@ def check_resources(cfg: Config) -> None:
 
 def _quiet() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_LOG_LEVEL", "WARNING")  # read by flwr at import
+    # read by flwr at import; client failures are reported by the strategy (one line each, full
+    # tracebacks in <run>/client_errors.log). FLWR_LOG_LEVEL=INFO shows Flower's own log.
+    os.environ.setdefault("FLWR_LOG_LEVEL", "CRITICAL")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)

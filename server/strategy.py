@@ -125,8 +125,14 @@ class FedAnchors(Strategy):
             self.round_bytes[1] += message_bytes(r)
             if r.has_error():
                 reason = (r.error.reason or "").strip().splitlines()
+                if self.run:  # the full traceback, for debugging a client
+                    with open(self.run.path / "client_errors.log", "a") as fh:
+                        fh.write(f"round {rnd} client {self._partition(r)}:\n{r.error.reason}\n\n")
                 log.warning(
-                    "round %d: client %d failed: %s", rnd, self._partition(r), reason[-1] if reason else r.error.code
+                    "round %d: client %d failed: %s",
+                    rnd,
+                    self._partition(r),
+                    reason[-1].rstrip("'>") if reason else r.error.code,
                 )
             else:
                 ok.append((self._partition(r), r))
@@ -151,7 +157,7 @@ class FedAnchors(Strategy):
         if len(ok) < self.cfg.federated.min_clients:
             raise FedAnchorsError(
                 f"round {server_round}: {len(ok)} client replies, fewer than federated.min_clients="
-                f"{self.cfg.federated.min_clients}; see the client errors above"
+                f"{self.cfg.federated.min_clients}; see the client errors above (tracebacks: client_errors.log)"
             )
         pids = [p for p, _ in ok]
         w = [float(self.weights[p]) for p in pids]

@@ -115,7 +115,7 @@ def resize(x: torch.Tensor, side: int) -> torch.Tensor:
 def group_fractions(raw: dict[str, float], names: list[str]) -> list[float]:
     """Check a {group: fraction} option against the scenario's group names."""
     if set(raw) != set(names):
-        raise ConfigError(f"data.options.fractions must name exactly the groups {names}, got {sorted(raw)}")
+        raise ConfigError(f"data.options: a per-group option must name exactly the groups {names}, got {sorted(raw)}")
     return [float(raw[n]) for n in names]
 
 

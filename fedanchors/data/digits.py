@@ -17,13 +17,18 @@ from fedanchors.data.base import (
     scenario_options,
     split_fractions,
 )
+from fedanchors.errors import ConfigError
 
 
 @options_dataclass
 class DigitsOptions:
-    """Fractions of the 1,797 images given to each group (disjoint)."""
+    """Fractions of the 1,797 images given to each group (disjoint), and each group's pixel size.
+
+    The input space is the pixel size: groups given the same size share one encoder.
+    """
 
     fractions: dict[str, float] = field(default_factory=lambda: {"digits8": 0.5, "digits16": 0.5})
+    sizes: dict[str, int] = field(default_factory=lambda: {"digits8": 8, "digits16": 16})
 
 
 def load_uci_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,13 +42,16 @@ def load_uci_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 @SCENARIOS.register("digits")
 def digits(cfg: DataConfig) -> ScenarioData:
-    """``digits8`` (8x8 as is) and ``digits16`` (bilinear 16x16): two input spaces."""
+    """``digits8`` (8x8 as is) and ``digits16`` (bilinear 16x16): input spaces ``px8``, ``px16``."""
     opts = scenario_options(DigitsOptions, cfg)
     names = ["digits8", "digits16"]
+    sizes = group_fractions(opts.sizes, names)
+    if any(s < 8 or s != int(s) for s in sizes):
+        raise ConfigError(f"data.options.sizes must be whole pixel sizes >= 8, got {opts.sizes}")
     x, y = load_uci_digits()
     parts = split_fractions(len(y), group_fractions(opts.fractions, names), cfg.split_seed)
     groups = []
-    for i, (name, idx) in enumerate(zip(names, parts)):
-        xi = x[idx] if name == "digits8" else resize(x[idx], 16)
-        groups.append(make_group(name, name, xi, y[idx], cfg, cfg.split_seed + 1 + i))
+    for i, (name, idx, side) in enumerate(zip(names, parts, sizes)):
+        xi = resize(x[idx], int(side))
+        groups.append(make_group(name, f"px{int(side)}", xi, y[idx], cfg, cfg.split_seed + 1 + i))
     return ScenarioData(groups, 10)

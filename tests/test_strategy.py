@@ -1,0 +1,186 @@
+"""FedAnchors aggregation on mock replies, message contents, and equivalence with centralized SGD."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.protocol import ENCODER, pack, pack_arrays, unpack
+from fedanchors.aggregate import fit_anchors
+from fedanchors.centralized import CentralizedTrainer
+from fedanchors.config import AnchorConfig, OptimConfig
+from fedanchors.data import build_scenario
+from fedanchors.losses import anchor_fit_objective
+from fedanchors.models import build_anchors, build_encoder
+from server.strategy import FedAnchors
+
+from .conftest import small_config
+from .flower_harness import InProcessGrid, run_rounds
+
+
+def mock_replies(strategy, msgs, heads, losses):
+    """One reply per train message: a given head, fixed class moments and a group loss."""
+    replies = []
+    for msg, head, loss in zip(msgs, heads, losses):
+        pid = next(p for p, n in strategy.nodes.items() if n == msg.metadata.dst_node_id)
+        C, d = 10, strategy.anchors.means.shape[1]
+        stats = pack_arrays(
+            counts=np.full(C, 5.0),
+            means=np.full((C, d), float(pid), np.float32),
+            covs=np.tile(np.eye(d, dtype=np.float32), (C, 1, 1)),
+        )
+        metrics = MetricRecord({"partition": pid, "num-examples": 7, "loss": loss, "fit": 0.0})
+        TaskIdentity.node_id = msg.metadata.dst_node_id
+        replies.append(
+            Message(RecordDict({"global": pack(head=head), "stats": stats, "metrics": metrics}), reply_to=msg)
+        )
+    TaskIdentity.node_id = 0
+    return replies[::-1]  # arrival order must not matter
+
+
+@pytest.mark.parametrize("method", ["erm", "iw", "balanced", "groupdro"])
+def test_head_weights_and_q_update(tmp_path, method):
+    # lambda_sep = 0: the classifier separation would also calibrate the head after averaging
+    cfg = small_config(
+        tmp_path,
+        method={"name": method, "eta": 0.5, "lambdas": {"digits16": 3.0}},
+        anchors={"lambda_sep": 0.0},
+        data={"max_per_group": 0, "options": {"fractions": {"digits8": 0.7, "digits16": 0.3}}},
+    )
+    strategy = FedAnchors(cfg, 2, 10)
+    grid = InProcessGrid(cfg, 2)
+    msgs = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    n = [i["n"] for i in strategy.info]
+    assert n[0] > 2 * n[1]  # the 0.7 / 0.3 split reached the clients
+    template = strategy.head.state_dict()
+    heads = [
+        {k: torch.full_like(v, 1.0) for k, v in template.items()},
+        {k: torch.full_like(v, 4.0) for k, v in template.items()},
+    ]
+    losses = [1.0, 2.0]
+    strategy.aggregate_train(1, mock_replies(strategy, msgs, heads, losses))
+    want_w = {
+        "erm": [n[0] / sum(n), n[1] / sum(n)],
+        "iw": [0.5, 0.5],
+        "balanced": [0.25, 0.75],
+        "groupdro": [0.5, 0.5],
+    }[method]
+    expected = want_w[0] * 1.0 + want_w[1] * 4.0
+    for v in strategy.head.state_dict().values():
+        assert torch.allclose(v, torch.full_like(v, expected), atol=1e-6)
+    if method == "groupdro":
+        a, b = 0.5 * math.exp(0.5 * 1.0), 0.5 * math.exp(0.5 * 2.0)
+        assert strategy.method.q.tolist() == pytest.approx([a / (a + b), b / (a + b)])
+        # the next round's head weights are the new q
+        strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid)
+        assert strategy.weights.tolist() == pytest.approx([a / (a + b), b / (a + b)])
+
+
+def test_failed_client_keeps_its_q(tmp_path):
+    cfg = small_config(tmp_path, method={"name": "groupdro", "eta": 0.5})
+    strategy = FedAnchors(cfg, 2, 10)
+    grid = InProcessGrid(cfg, 2)
+    msgs = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    template = strategy.head.state_dict()
+    replies = mock_replies(strategy, msgs, [template, template], [1.0, 2.0])
+    TaskIdentity.node_id = replies[0].metadata.src_node_id
+    from flwr.app import Error
+
+    failed = Message(
+        error=Error(code=1, reason="boom"),
+        reply_to=next(m for m in msgs if m.metadata.dst_node_id == replies[0].metadata.src_node_id),
+    )
+    TaskIdentity.node_id = 0
+    strategy.aggregate_train(1, [failed, replies[1]])
+    assert strategy.method.q.tolist() == pytest.approx([0.5, 0.5])  # one loss: its q renormalises to its own mass
+
+
+def test_anchor_step_decreases_fit_objective():
+    torch.manual_seed(0)
+    anchors, head = build_anchors(8, 4, 1e-4, 1.0, 0), torch.nn.Linear(8, 4)
+    counts = torch.tensor([[5.0, 5.0, 0.0, 5.0], [5.0, 0.0, 5.0, 5.0]])
+    means = torch.randn(2, 4, 8) * 3
+    a = torch.randn(2, 4, 8, 8)
+    covs = a @ a.mT / 8 + 0.1 * torch.eye(8)
+    w = torch.tensor([0.3, 0.7])
+    before = float(anchor_fit_objective(anchors, counts, means, covs, w))
+    res = fit_anchors(
+        anchors, head, counts, means, covs, w, AnchorConfig(server_steps=20, lambda_sep=0.0), OptimConfig()
+    )
+    assert res["fit_before"] == pytest.approx(before, rel=1e-5)
+    assert res["fit"] < 0.8 * before
+
+
+def test_private_encoders_never_travel(tmp_path):
+    cfg = small_config(tmp_path, federated={"rounds": 2, "local_steps": 2})
+    strategy, grid = run_rounds(cfg, 2)
+    for msg in grid.sent + grid.received:
+        assert not msg.has_error()
+        for name, rec in msg.content.array_records.items() if msg.has_content() else []:
+            assert not any(k.startswith(ENCODER) for k in rec.keys()), (name, list(rec.keys()))
+    # and the encoders did train, on the clients: their state differs from the initial weights
+    data = build_scenario(cfg.data)
+    for ctx in grid.contexts.values():
+        g = data.groups[int(ctx.node_config["partition-id"])]
+        trained = torch.load(io.BytesIO(ctx.state["client"]["blob"]), weights_only=True)["encoder"]
+        init = build_encoder(cfg.model, g.space, g.shape, cfg.seed).state_dict()
+        assert any(not torch.equal(trained[k], init[k]) for k in init)
+
+
+def test_shared_space_encoder_is_averaged(tmp_path):
+    cfg = small_config(
+        tmp_path, federated={"rounds": 1, "local_steps": 1}, data={"options": {"sizes": {"digits8": 8, "digits16": 8}}}
+    )
+    strategy, grid = run_rounds(cfg, 2)
+    assert list(strategy.encoders) == ["px8"]
+    replies = [m for m in grid.received if m.metadata.message_type == "train"]
+    sds = [unpack(m.content["global"], ENCODER) for m in replies]
+    assert sds[0] and sds[1]
+    w = strategy.weights.tolist()
+    for k, v in strategy.encoders["px8"].state_dict().items():
+        parts = sorted(zip(replies, sds), key=lambda t: int(t[0].content["metrics"]["partition"]))
+        want = sum(wi * sd[k] for wi, (_, sd) in zip(w, parts))
+        assert torch.allclose(v, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [3])
+def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k):
+    """Anchors off, one local full-batch SGD step, no momentum: k rounds == k centralized steps."""
+    common = dict(
+        anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
+        method={"name": "groupdro", "eta": 1.0},
+        optim={
+            "name": "sgd",
+            "lr": 0.5,
+            "momentum": 0.0,
+            "weight_decay": 0.0,
+            "grad_clip": 0.0,
+            "batch_size": 100000,
+            "epochs": k,
+        },
+        data={"max_per_group": 150},
+        federated={"rounds": k, "local_steps": 1},
+    )
+    cfg = small_config(tmp_path, **common)
+    data = build_scenario(cfg.data)
+    tr = CentralizedTrainer(cfg, data)
+    for epoch in range(k):
+        (idx,) = tr.epoch_batches()
+        tr.train_step(idx, epoch)
+    strategy, grid = run_rounds(cfg, 2)
+    for key, v in strategy.head.state_dict().items():
+        assert torch.allclose(v, tr.model.head.state_dict()[key], atol=1e-5), key
+    assert torch.allclose(strategy.method.q, tr.method.q, atol=1e-5)
+    assert not torch.allclose(tr.method.q, torch.full_like(tr.method.q, 0.5))  # q really moved
+    for ctx in grid.contexts.values():
+        p = int(ctx.node_config["partition-id"])
+        state = torch.load(io.BytesIO(ctx.state["client"]["blob"]), weights_only=True)["encoder"]
+        central = tr.model.encoders[data.groups[p].space].state_dict()
+        for key, v in state.items():
+            assert torch.allclose(v, central[key], atol=1e-5), (p, key)
