@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.protocol import ANCHORS, ENCODER, HEAD, pack, pack_arrays, unpack
 from fedanchors.config import Config, to_dict
@@ -47,9 +47,8 @@ class ClientModel:
             self.encoder.load_state_dict(state["encoder"])
             self.opt.load_state_dict(state["opt"])
 
-    def load_global(self, content: RecordDict) -> None:
+    def load_global(self, rec: ArrayRecord) -> None:
         """Take the server's head, anchors and (when shared) encoder."""
-        rec = content["global"]
         self.head.load_state_dict(unpack(rec, HEAD))
         self.anchors.load_state_dict(unpack(rec, ANCHORS))
         enc = unpack(rec, ENCODER)
@@ -77,9 +76,15 @@ class ClientModel:
         return {"counts": sums[0].numpy(), "means": means.numpy(), "covs": covs.numpy()}
 
 
+def _is_stock(msg: Message) -> bool:
+    """A stock Flower strategy (FedAvg & co.) sends ``arrays``/``config`` and wants scalar metrics."""
+    return "arrays" in msg.content.array_records
+
+
 def _setup(msg: Message, context: Context, cfg: Config) -> tuple[int, int, ScenarioData]:
     pid = int(context.node_config["partition-id"])
-    rnd = int(msg.content["config"]["round"])
+    conf = msg.content["config"]
+    rnd = int(conf["server-round"] if _is_stock(msg) else conf["round"])
     seed_everything(stable_seed(cfg.seed, "client", pid, rnd), cfg.deterministic)
     return pid, rnd, scenario(cfg)
 
@@ -91,8 +96,9 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     if pid == cfg.federated.fault_partition and rnd == cfg.federated.fault_round:
         raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.fault_*)")
     model = ClientModel(cfg, group, data.num_classes, context)
-    model.load_global(msg.content)
-    conf = msg.content["config"]
+    stock = _is_stock(msg)
+    model.load_global(msg.content["arrays" if stock else "global"])
+    conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
     f = cfg.federated
     steps = f.local_steps or f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
@@ -110,6 +116,10 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         model.device,
     )
     model.save()
+    if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
+        arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
+        metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     shared = bool(conf["encoder_shared"])
     arrays = pack(head=model.head.state_dict(), **({"encoder": model.encoder.state_dict()} if shared else {}))
     metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": res["loss"], "fit": res["fit"]})
@@ -121,13 +131,17 @@ def evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     """Per-class correct/total and summed loss on val and test with the global head."""
     pid, _, data = _setup(msg, context, cfg)
     model = ClientModel(cfg, data.groups[pid], data.num_classes, context)
-    model.load_global(msg.content)
+    stock = _is_stock(msg)
+    model.load_global(msg.content["arrays" if stock else "global"])
     out: dict = {"partition": pid}
     for split in ("val", "test"):
         correct, total, loss = split_counts(
             model.encoder, model.head, getattr(model.group, split), data.num_classes, 512, model.device
         )
         out.update({f"{split}_correct": correct.tolist(), f"{split}_total": total.tolist(), f"{split}_loss": loss})
+    if stock:
+        n = sum(out["val_total"])
+        out = {"num-examples": n, "accuracy": sum(out["val_correct"]) / n, "loss": out["val_loss"] / n}
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
 
 

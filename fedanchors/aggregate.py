@@ -2,8 +2,8 @@
 
 - ``weighted_average``: the head (all clients) and each shared encoder (the clients of
   its input space), weights renormalised over the clients that hold the tensor;
-- ``fit_anchors``: gradient steps on lambda_fit * sum_g w_g mean_c W2^2(anchor_c,
-  client moments) + lambda_sep * separation (a Wasserstein-barycenter step);
+- ``fit_anchors``: a Wasserstein-barycenter step of the anchors toward the clients'
+  class moments, then gradient steps on the separation loss;
 - ``space_weights``: a client's total holder weight, which scales its encoder gradient.
 """
 
@@ -16,6 +16,7 @@ from fedanchors.anchors import AnchorModule
 from fedanchors.config import AnchorConfig, OptimConfig
 from fedanchors.losses import anchor_fit_objective
 from fedanchors.train import separation_loss
+from fedanchors.wasserstein import sqrtm_psd
 
 
 def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -38,6 +39,42 @@ def space_weights(spaces: list[str], weights: torch.Tensor) -> list[float]:
     return [total[s] for s in spaces]
 
 
+def _class_weights(counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-class group weights (G, C) of the fit objective: w_g / K_g where class c is present."""
+    present = (counts > 0).to(weights.dtype)
+    per_group = weights / present.sum(1).clamp_min(1)  # each group averages over its K_g classes
+    return present * per_group.unsqueeze(1)
+
+
+@torch.no_grad()
+def barycenter_step(
+    anchors: AnchorModule, counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor
+) -> None:
+    """One Wasserstein-barycenter step of every anchor toward the clients' class Gaussians, in place.
+
+    Means: the exact minimiser, the weighted mean of the clients' class means. Covariances:
+    one fixed-point iteration S <- S^-1/2 (sum_g a_g (S^1/2 Sigma_g S^1/2)^1/2)^2 S^-1/2
+    (Alvarez-Esteban et al. 2016, Thm 4.2), warm-started from the current anchors, so the
+    anchors converge to the barycenter over rounds. Classes no client holds stay put.
+    """
+    wc = _class_weights(counts, weights.to(means.dtype))  # (G, C)
+    seen = wc.sum(0) > 0
+    a = wc / wc.sum(0).clamp_min(1e-12)
+    new_means = (a.unsqueeze(-1) * means).sum(0)
+    lam, u = torch.linalg.eigh(anchors.covariances())
+    root = (u * lam.clamp_min(1e-12).sqrt().unsqueeze(-2)) @ u.mT
+    inv_root = (u * lam.clamp_min(1e-12).rsqrt().unsqueeze(-2)) @ u.mT
+    t = (a[..., None, None] * sqrtm_psd(root @ covs @ root)).sum(0)  # (C, d, d)
+    s_new = inv_root @ t @ t @ inv_root
+    eye = torch.eye(s_new.shape[-1], dtype=s_new.dtype)
+    target = 0.5 * (s_new + s_new.mT) - anchors.eps * eye
+    factor, info = torch.linalg.cholesky_ex(target)
+    if bool((info != 0).any()):  # below eps somewhere: take the PSD part
+        factor = sqrtm_psd(target)
+    anchors.means[seen] = new_means[seen].to(anchors.means.dtype)
+    anchors.factors[seen] = factor[seen].to(anchors.factors.dtype)
+
+
 def fit_anchors(
     anchors: AnchorModule,
     head: nn.Module,
@@ -49,32 +86,30 @@ def fit_anchors(
     optim: OptimConfig,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """Move the anchors toward the clients' class moments (and apart), in place.
+    """The server's anchor update: a barycenter step (fit), then separation steps, in place.
 
-    counts (G, C), means (G, C, d), covs (G, C, d, d), weights (G,). The anchors step
-    with Adam at ``cfg.server_lr``; with ``sep: classifier`` the head also steps (at the
-    clients' ``optim.lr``), which calibrates it on the anchors. Returns the fit objective
-    before and after, and the last separation loss.
+    counts (G, C), means (G, C, d), covs (G, C, d, d), weights (G,). The fit objective is
+    sum_g w_g mean_{c: n_gc > 0} W2^2(anchor_c, N(mu_gc, Sigma_gc)). Then ``server_steps``
+    Adam steps on lambda_sep * sep (anchors at ``server_lr``; with ``sep: classifier`` the
+    head too, at the clients' ``optim.lr``, which calibrates it on the anchors).
+    Returns the fit objective before and after, and the last separation loss.
     """
-    groups = [{"params": list(anchors.parameters()), "lr": cfg.server_lr}]
-    if cfg.lambda_sep > 0 and cfg.sep == "classifier":
-        groups.append({"params": list(head.parameters()), "lr": optim.lr})
-    opt = torch.optim.Adam(groups)
     w = weights.to(anchors.means.dtype)
-
-    def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fit = anchor_fit_objective(anchors, counts, means, covs, w)
-        sep = separation_loss(anchors, head, cfg, generator) if cfg.lambda_sep > 0 else torch.zeros(())
-        return cfg.lambda_fit * fit + cfg.lambda_sep * sep, fit, sep
-
     with torch.no_grad():
         before = float(anchor_fit_objective(anchors, counts, means, covs, w))
+    if cfg.lambda_fit > 0:
+        barycenter_step(anchors, counts, means, covs, w)
     sep = torch.zeros(())
-    for _ in range(cfg.server_steps):
-        loss, _, sep = objective()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    if cfg.lambda_sep > 0 and cfg.server_steps > 0:
+        groups = [{"params": list(anchors.parameters()), "lr": cfg.server_lr}]
+        if cfg.sep == "classifier":
+            groups.append({"params": list(head.parameters()), "lr": optim.lr})
+        opt = torch.optim.Adam(groups)
+        for _ in range(cfg.server_steps):
+            sep = separation_loss(anchors, head, cfg, generator)
+            opt.zero_grad(set_to_none=True)
+            (cfg.lambda_sep * sep).backward()
+            opt.step()
     with torch.no_grad():
         after = float(anchor_fit_objective(anchors, counts, means, covs, w))
     return {"fit_before": before, "fit": after, "sep": float(sep.detach())}

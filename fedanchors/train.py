@@ -96,7 +96,7 @@ def local_train(
         if cfg_anchors.lambda_fit > 0:
             fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps)[0]
             loss = loss + cfg_anchors.lambda_fit * fit
-            fit_sum += float(fit)
+            fit_sum += float(fit.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if encoder_scale != 1.0:

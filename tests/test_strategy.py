@@ -184,3 +184,26 @@ def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k):
         central = tr.model.encoders[data.groups[p].space].state_dict()
         for key, v in state.items():
             assert torch.allclose(v, central[key], atol=1e-5), (p, key)
+
+
+def test_barycenter_step_reaches_the_closed_form():
+    """Commuting (diagonal) covariances: the barycenter is N(sum a_g mu_g, (sum a_g Sigma_g^1/2)^2).
+
+    a_g is proportional to w_g / K_g (each group averages over its K_g present classes):
+    for class 0, (0.25 / 2, 0.75 / 1) -> (1/7, 6/7).
+    """
+    from fedanchors.aggregate import barycenter_step
+
+    anchors = build_anchors(3, 2, 1e-6, 1.0, 0)
+    counts = torch.tensor([[4.0, 4.0], [4.0, 0.0]])
+    means = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 0.0, 0.0]], [[3.0, 4.0, 0.0], [9.0, 9.0, 9.0]]])
+    covs = torch.stack([torch.diag(torch.tensor([[1.0, 4.0, 9.0], [1.0, 1.0, 1.0]])[c]) for c in range(2)])
+    covs = torch.stack([covs, torch.diag_embed(torch.tensor([[4.0, 1.0, 1.0], [5.0, 5.0, 5.0]]))])
+    w = torch.tensor([0.25, 0.75])
+    for _ in range(30):
+        barycenter_step(anchors, counts, means, covs, w)
+    a0, a1 = 1 / 7, 6 / 7
+    assert torch.allclose(anchors.means[0], a0 * means[0, 0] + a1 * means[1, 0], atol=1e-5)
+    assert torch.allclose(anchors.means[1], means[0, 1], atol=1e-5)  # only group 0 holds class 1
+    want = torch.diag((a0 * torch.tensor([1.0, 2.0, 3.0]) + a1 * torch.tensor([2.0, 1.0, 1.0])) ** 2)
+    assert torch.allclose(anchors.covariances()[0], want, atol=1e-4)
