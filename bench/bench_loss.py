@@ -74,7 +74,7 @@ def w2_times(device: str) -> None:
             f = torch.randn(C, d, d, generator=g).to(device) / d**0.5
             m1 = torch.randn(C, d, generator=g).to(device)
 
-            def run(fn):
+            def run(fn, m1=m1, f=f, m2=m2, s2=s2, d=d):
                 mm = m1.clone().requires_grad_(True)
                 ff = f.clone().requires_grad_(True)
                 s1 = ff @ ff.mT + 1e-4 * torch.eye(d, device=device)

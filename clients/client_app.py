@@ -10,7 +10,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import task
-from fedanchors.config import Config, load_config
+from fedanchors.config import Config, from_run_config
 
 
 def make_client_app(cfg: Config | None = None) -> ClientApp:
@@ -20,8 +20,7 @@ def make_client_app(cfg: Config | None = None) -> ClientApp:
     def resolve(context: Context) -> Config:
         if cfg is not None:
             return cfg
-        rc = context.run_config
-        return load_config(str(rc["config"]), [s for s in str(rc.get("overrides", "")).split() if s])
+        return from_run_config(context.run_config)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -62,16 +62,21 @@ class ClientModel:
         self.context.state["client"] = ConfigRecord({"blob": buf.getvalue()})
 
     @torch.no_grad()
-    def class_stats(self) -> dict[str, np.ndarray]:
-        """Per-class count, mean and covariance of the training split in latent space."""
-        self.encoder.eval()
-        C = self.anchors.num_classes
-        sums = None
-        for i in range(0, len(self.group.train), 512):
-            x = self.group.train.x[i : i + 512].to(self.device)
-            part = class_sufficient_stats(self.encoder(x).cpu(), self.group.train.y[i : i + 512], C)
-            sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
-        self.encoder.train()
+    def class_stats(self, running: tuple | None = None) -> dict[str, np.ndarray]:
+        """Per-class count, mean and covariance of the training split in latent space.
+
+        ``running``: sums gathered during local training; else an exact pass with the
+        final encoder.
+        """
+        sums = running
+        if sums is None:
+            self.encoder.eval()
+            C = self.anchors.num_classes
+            for i in range(0, len(self.group.train), 512):
+                x = self.group.train.x[i : i + 512].to(self.device)
+                part = class_sufficient_stats(self.encoder(x).cpu(), self.group.train.y[i : i + 512], C)
+                sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
+            self.encoder.train()
         means, covs = stats_to_moments(*sums, self.cfg.anchors.cov_eps)
         return {"counts": sums[0].numpy(), "means": means.numpy(), "covs": covs.numpy()}
 
@@ -114,6 +119,7 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         float(conf["encoder_scale"]),
         gen,
         model.device,
+        num_classes=data.num_classes if (not stock and f.class_stats == "running") else 0,
     )
     model.save()
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
@@ -123,7 +129,9 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     shared = bool(conf["encoder_shared"])
     arrays = pack(head=model.head.state_dict(), **({"encoder": model.encoder.state_dict()} if shared else {}))
     metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": res["loss"], "fit": res["fit"]})
-    content = RecordDict({"global": arrays, "stats": pack_arrays(**model.class_stats()), "metrics": metrics})
+    content = RecordDict(
+        {"global": arrays, "stats": pack_arrays(**model.class_stats(res["stats"])), "metrics": metrics}
+    )
     return Message(content, reply_to=msg)
 
 

@@ -107,6 +107,7 @@ class FederatedConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_init: dict[str, Any] = field(default_factory=dict)
+    class_stats: str = "running"  # running: from the last local pass; exact: an extra pass after training
     min_clients: int = 1
     round_timeout: float = 600.0
     fault_partition: int = -1  # testing aid: this partition raises ...
@@ -137,6 +138,7 @@ _CHOICES = {
     "method.update": ("exp", "softmax", "exp_smooth"),
     "method.objective": ("weighted", "max", "logsumexp"),
     "optim.name": ("adam", "sgd"),
+    "federated.class_stats": ("running", "exact"),
 }
 
 
@@ -257,6 +259,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
     if not raw.get("name") and path:
         raw["name"] = Path(path).stem
     return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def from_run_config(run_config: dict) -> Config:
+    """The Config named by Flower's flat run config (``config`` path, ``overrides`` "k=v k=v")."""
+    if "config" not in run_config:
+        raise ConfigError("the Flower run config has no 'config' key; pass --run-config 'config=\"configs/X.yaml\"'")
+    overrides = [s for s in str(run_config.get("overrides", "")).split() if s]
+    return load_config(str(run_config["config"]), overrides)
 
 
 def to_dict(cfg: Any) -> dict:

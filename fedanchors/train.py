@@ -12,7 +12,7 @@ from fedanchors.anchors import AnchorModule
 from fedanchors.config import AnchorConfig, OptimConfig
 from fedanchors.data.base import Split
 from fedanchors.losses import SEPARATIONS
-from fedanchors.moments import batch_class_moments
+from fedanchors.moments import batch_class_moments, class_sufficient_stats
 from fedanchors.wasserstein import gaussian_w2
 
 
@@ -73,21 +73,26 @@ def local_train(
     encoder_scale: float,
     generator: torch.Generator,
     device: torch.device,
-) -> dict[str, float]:
+    num_classes: int = 0,
+) -> dict:
     """A client's local work: ``steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
 
     The encoder's gradient is multiplied by ``encoder_scale``, the total aggregation
     weight of the clients that hold this encoder (w_g for a private one): with plain SGD
     this makes the federated step equal the centralized step on sum_g w_g CE_g, while
     the head takes the unscaled gradient and is averaged by the server with weights w.
-    Returns the mean CE (the group loss for GroupDRO) and mean fit over the steps.
+    Returns the mean CE (the group loss for GroupDRO) and mean fit over the steps, and
+    with ``num_classes`` > 0 the class sufficient statistics of the latent codes of the
+    last pass over the data ("running" statistics: no extra forward pass).
     """
     params = list(encoder.parameters()) + list(head.parameters())
     order: list[torch.Tensor] = []
     ce_sum = fit_sum = 0.0
+    stats = None
     for _ in range(steps):
         if not order:
             order = batches(len(split), cfg_optim.batch_size, generator)
+            stats = None  # a new pass: keep the statistics of the last one only
         idx = order.pop(0)
         x, y = split.x[idx].to(device), split.y[idx].to(device)
         z = encoder(x)
@@ -104,5 +109,8 @@ def local_train(
                 if p.grad is not None:
                     p.grad.mul_(encoder_scale)
         clip_and_step(opt, params, cfg_optim.grad_clip)
-        ce_sum += float(ce)
-    return {"loss": ce_sum / steps, "fit": fit_sum / steps}
+        ce_sum += float(ce.detach())
+        if num_classes:
+            part = class_sufficient_stats(z.detach().cpu(), y.cpu(), num_classes)
+            stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
+    return {"loss": ce_sum / steps, "fit": fit_sum / steps, "stats": stats}

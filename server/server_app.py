@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedanchors.config import Config, load_config
+from fedanchors.config import Config, from_run_config
 from fedanchors.rundir import RunDir
 from server.strategy import FedAnchors
 
@@ -40,8 +40,7 @@ def _flwr_run_app() -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         from fedanchors.data import build_scenario
 
-        rc = context.run_config
-        cfg = load_config(str(rc["config"]), [s for s in str(rc.get("overrides", "")).split() if s])
+        cfg = from_run_config(context.run_config)
         data = build_scenario(cfg.data)
         run = RunDir.create(cfg)
         strategy = FedAnchors(cfg, len(data.groups), data.num_classes, run)

@@ -109,7 +109,8 @@ def test_anchor_step_decreases_fit_objective():
     a = torch.randn(2, 4, 8, 8)
     covs = a @ a.mT / 8 + 0.1 * torch.eye(8)
     w = torch.tensor([0.3, 0.7])
-    before = float(anchor_fit_objective(anchors, counts, means, covs, w))
+    with torch.no_grad():
+        before = float(anchor_fit_objective(anchors, counts, means, covs, w))
     res = fit_anchors(
         anchors, head, counts, means, covs, w, AnchorConfig(server_steps=20, lambda_sep=0.0), OptimConfig()
     )
@@ -207,3 +208,35 @@ def test_barycenter_step_reaches_the_closed_form():
     assert torch.allclose(anchors.means[1], means[0, 1], atol=1e-5)  # only group 0 holds class 1
     want = torch.diag((a0 * torch.tensor([1.0, 2.0, 3.0]) + a1 * torch.tensor([2.0, 1.0, 1.0])) ** 2)
     assert torch.allclose(anchors.covariances()[0], want, atol=1e-4)
+
+
+def test_running_class_stats_equal_an_exact_pass_when_the_encoder_is_still(tmp_path):
+    """With lr = 0 the encoder cannot move, so stats gathered during training are exact."""
+    from fedanchors.moments import class_sufficient_stats
+    from fedanchors.train import local_train, make_optimizer
+
+    cfg = small_config(tmp_path, optim={"name": "sgd", "lr": 1e-12, "batch_size": 32, "grad_clip": 0.0})
+    g = build_scenario(cfg.data).groups[0]
+    enc = build_encoder(cfg.model, g.space, g.shape, 0)
+    head, anchors = torch.nn.Linear(16, 10), build_anchors(16, 10, 1e-4, 1.0, 0)
+    opt = make_optimizer(list(enc.parameters()) + list(head.parameters()), cfg.optim)
+    steps = 2 * math.ceil(len(g.train) / 32)  # two passes: only the last one counts
+    res = local_train(
+        enc,
+        head,
+        anchors,
+        g.train,
+        opt,
+        cfg.optim,
+        cfg.anchors,
+        steps,
+        1.0,
+        torch.Generator().manual_seed(0),
+        torch.device("cpu"),
+        num_classes=10,
+    )
+    with torch.no_grad():
+        exact = class_sufficient_stats(enc(g.train.x), g.train.y, 10)
+    assert torch.equal(res["stats"][0], exact[0]) and int(exact[0].sum()) == len(g.train)
+    for a, b in zip(res["stats"][1:], exact[1:]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
