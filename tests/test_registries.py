@@ -81,3 +81,18 @@ def test_digits_groups_are_disjoint_and_split(tmp_path):
     n = sum(len(s) for g in data.groups for s in (g.train, g.val, g.test))
     assert n == 1797  # every UCI digit used exactly once
     assert len(g8.test) == round(0.2 * (len(g8.train) + len(g8.val) + len(g8.test)))
+
+
+def test_mnist_pool_option(tmp_path, shared_data):
+    """pool: true splits the files present; pool: false demands both official files."""
+    from fedanchors.errors import DataError
+
+    cfg = small_config(tmp_path, data={"scenario": "mnist_hetero", "root": str(shared_data), "max_per_group": 0})
+    data = build_scenario(cfg.data)
+    assert [g.shape for g in data.groups] == [(1, 28, 28), (1, 32, 32)]
+    assert sum(len(s) for g in data.groups for s in (g.train, g.val, g.test)) == 10000
+    cfg = small_config(
+        tmp_path, data={"scenario": "mnist_hetero", "root": str(shared_data), "options": {"pool": False}}
+    )
+    with pytest.raises(DataError, match="needs both official MNIST files"):
+        build_scenario(cfg.data)

@@ -240,3 +240,13 @@ def test_running_class_stats_equal_an_exact_pass_when_the_encoder_is_still(tmp_p
     assert torch.equal(res["stats"][0], exact[0]) and int(exact[0].sum()) == len(g.train)
     for a, b in zip(res["stats"][1:], exact[1:]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_federated_runs_repeat_exactly(tmp_path):
+    """Same seed, same numbers: two federated runs give identical heads, anchors and q."""
+    cfg = small_config(tmp_path, federated={"rounds": 2, "local_steps": 3})
+    a, _ = run_rounds(cfg, 2)
+    b, _ = run_rounds(cfg, 2)
+    for (ka, va), (kb, vb) in zip(a.head.state_dict().items(), b.head.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert torch.equal(a.anchors.means, b.anchors.means) and torch.equal(a.method.q, b.method.q)

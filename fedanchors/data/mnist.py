@@ -13,7 +13,9 @@ import torch
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
     SCENARIOS,
+    GroupData,
     ScenarioData,
+    Split,
     data_root,
     group_fractions,
     make_group,
@@ -98,9 +100,15 @@ def mnist_pool(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 @options_dataclass
 class MnistHeteroOptions:
-    """Disjoint fractions of the MNIST pool per group."""
+    """Disjoint fractions of MNIST per group, and how the files present are split.
+
+    ``pool: true`` pools every MNIST file present (here only the 10k test file) and splits
+    it into train/val/test with ``data.split_seed``; ``pool: false`` keeps the official
+    split: train/val from the training file, test from the test file.
+    """
 
     fractions: dict[str, float] = field(default_factory=lambda: {"mnist28": 0.5, "mnist32": 0.5})
+    pool: bool = True
 
 
 @SCENARIOS.register("mnist_hetero")
@@ -108,12 +116,42 @@ def mnist_hetero(cfg: DataConfig) -> ScenarioData:
     """System 1: MNIST at 28x28 and MNIST resized to 32x32, each its own input space."""
     opts = scenario_options(MnistHeteroOptions, cfg)
     names = ["mnist28", "mnist32"]
-    x, y = mnist_pool(cfg)
-    parts = split_fractions(len(y), group_fractions(opts.fractions, names), cfg.split_seed)
+    fractions = group_fractions(opts.fractions, names)
+    if opts.pool:
+        x, y = mnist_pool(cfg)
+        parts = split_fractions(len(y), fractions, cfg.split_seed)
+        return ScenarioData([_hetero_group(cfg, i, n, x[p], y[p]) for i, (n, p) in enumerate(zip(names, parts))], 10)
+    files = load_mnist(cfg)
+    if set(files) != {"train", "test"}:
+        raise DataError(
+            f"data.options.pool: false needs both official MNIST files, found only {sorted(files)}; "
+            "set data.options.pool: true to split the files present"
+        )
+    (xtr, ytr), (xte, yte) = files["train"], files["test"]
+    tr_parts = split_fractions(len(ytr), fractions, cfg.split_seed)
+    te_parts = split_fractions(len(yte), fractions, cfg.split_seed + 100)
     groups = []
-    for i, (name, idx) in enumerate(zip(names, parts)):
-        if len(idx) == 0:
-            raise ConfigError(f"data.options.fractions gives group {name!r} no images")
-        xi = resize(x[idx], 28 if name == "mnist28" else 32)
-        groups.append(make_group(name, name, xi, y[idx], cfg, cfg.split_seed + 1 + i))
+    for i, (name, ptr, pte) in enumerate(zip(names, tr_parts, te_parts)):
+        g = _hetero_group(cfg, i, name, xtr[ptr], ytr[ptr], official_test=(xte[pte], yte[pte]))
+        groups.append(g)
     return ScenarioData(groups, 10)
+
+
+def _hetero_group(
+    cfg: DataConfig, i: int, name: str, x: torch.Tensor, y: torch.Tensor, official_test: tuple | None = None
+) -> GroupData:
+    """One pixel-size group; with ``official_test`` its train/val come from x and test is given."""
+    if len(y) == 0:
+        raise ConfigError(f"data.options.fractions gives group {name!r} no images")
+    side = 28 if name == "mnist28" else 32
+    if official_test is None:
+        return make_group(name, name, resize(x, side), y, cfg, cfg.split_seed + 1 + i)
+    val, train = split_fractions(len(y), [cfg.val_fraction, 1 - cfg.val_fraction], cfg.split_seed + 1 + i)
+    xt, yt = official_test
+    return GroupData(
+        name,
+        name,
+        Split(resize(x[train], side), y[train]),
+        Split(resize(x[val], side), y[val]),
+        Split(resize(xt, side), yt),
+    )
