@@ -37,7 +37,7 @@ class ClientModel:
         self.cfg, self.group, self.context = cfg, group, context
         self.device = resolve_device(cfg.device)
         m, a = cfg.model, cfg.anchors
-        self.encoder = build_encoder(m, group.space, group.shape, cfg.seed).to(self.device)
+        self.encoder = build_encoder(m, group.space, group.shape, cfg.seed, group.meta).to(self.device)
         self.head = build_head(m, num_classes, cfg.seed).to(self.device)
         self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed).to(self.device)
         self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
@@ -157,6 +157,8 @@ def query(msg: Message, context: Context, cfg: Config) -> Message:
     """Who this node is: partition, group, input space and shape, example count."""
     pid = int(context.node_config["partition-id"])
     g = scenario(cfg).groups[pid]
-    info = ConfigRecord({"group": g.name, "space": g.space, "shape": list(g.shape)})
+    info = ConfigRecord(
+        {"group": g.name, "space": g.space, "shape": list(g.shape), "vocab_size": int(g.meta.get("vocab_size", 0))}
+    )
     metrics = MetricRecord({"partition": pid, "num-examples": len(g.train)})
     return Message(RecordDict({"info": info, "metrics": metrics}), reply_to=msg)

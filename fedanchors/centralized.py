@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fedanchors.analysis import cross_group_w2
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.methods import Method, build_method
@@ -30,7 +31,7 @@ class CentralModel(nn.Module):
     def __init__(self, cfg: Config, data: ScenarioData) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(
-            {s: build_encoder(cfg.model, s, shape, cfg.seed) for s, shape in data.spaces().items()}
+            {s: build_encoder(cfg.model, s, g.shape, cfg.seed, g.meta) for s, g in data.spaces().items()}
         )
         self.head = build_head(cfg.model, data.num_classes, cfg.seed)
         a = cfg.anchors
@@ -139,6 +140,8 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     state = torch.load(run.checkpoint("best.pt"), map_location=tr.device, weights_only=True)
     tr.model.load_state_dict(state["model"])
     test = tr.evaluate("test")
+    if len(data.groups) > 1:  # how close the groups' class Gaussians sit in the latent space
+        test.update(cross_group_w2(dict(tr.model.encoders), data, "test"))
     summary = {
         "mode": "centralized",
         "best_epoch": best_epoch,

@@ -17,7 +17,7 @@ HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
 
 
 @ENCODERS.register("cnn")
-def cnn(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Module:
+def cnn(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig, meta: dict | None = None) -> nn.Module:
     """Conv3x3-ReLU-MaxPool blocks (``channels``), then an MLP to the latent space."""
     layers: list[nn.Module] = []
     c_in, side = shape[0], min(shape[1:])
@@ -34,7 +34,7 @@ def cnn(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Modul
 
 
 @ENCODERS.register("mlp")
-def mlp(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Module:
+def mlp(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig, meta: dict | None = None) -> nn.Module:
     """Two hidden layers on the flattened input."""
     n = int(torch.tensor(shape).prod())
     return nn.Sequential(
@@ -48,7 +48,7 @@ def mlp(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Modul
 
 
 @ENCODERS.register("resnet18")
-def resnet18(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig) -> nn.Module:
+def resnet18(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig, meta: dict | None = None) -> nn.Module:
     """torchvision ResNet-18, no pretrained weights, first conv sized to the input channels."""
     from torchvision.models import resnet18 as tv_resnet18
 
@@ -83,11 +83,16 @@ def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-def build_encoder(cfg: ModelConfig, space: str, shape: tuple[int, ...], seed: int) -> nn.Module:
-    """The encoder of input space ``space``; same (seed, space) -> same weights in both modes."""
+def build_encoder(
+    cfg: ModelConfig, space: str, shape: tuple[int, ...], seed: int, meta: dict | None = None
+) -> nn.Module:
+    """The encoder of input space ``space``; same (seed, space) -> same weights in both modes.
+
+    ``meta`` carries what the data decides (e.g. a text group's ``vocab_size``).
+    """
     enc = cfg.encoders.get(space, cfg.encoder)
     builder = ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")
-    return _seeded(stable_seed(seed, "encoder", space), lambda: builder(tuple(shape), cfg.latent_dim, enc))
+    return _seeded(stable_seed(seed, "encoder", space), lambda: builder(tuple(shape), cfg.latent_dim, enc, meta))
 
 
 def build_head(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
@@ -99,3 +104,6 @@ def build_head(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
 def build_anchors(latent_dim: int, num_classes: int, eps: float, init_scale: float, seed: int) -> AnchorModule:
     """The shared class anchors."""
     return _seeded(stable_seed(seed, "anchors"), lambda: AnchorModule(num_classes, latent_dim, eps, init_scale))
+
+
+from fedanchors import encoders_text  # noqa: E402, F401  (registers the text encoders)

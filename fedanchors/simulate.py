@@ -35,6 +35,7 @@ def run(cfg: Config) -> dict:
     """Run ``cfg`` in its mode; returns the summary (also written to summary.json)."""
     from fedanchors.data import build_scenario
     from fedanchors.rundir import RunDir
+    from fedanchors.samples import save_group_samples
 
     if cfg.mode == "federated":
         # The Flower layer lives outside the library (which never imports flwr); it
@@ -43,6 +44,7 @@ def run(cfg: Config) -> dict:
         federated.check_resources(cfg)
     data = build_scenario(cfg.data)
     run_dir = RunDir.create(cfg)
+    save_group_samples(data, run_dir.path)
     if cfg.mode == "federated":
         summary = federated.run_federated(cfg, data, run_dir)
     else:

@@ -82,6 +82,7 @@ class FedAnchors(Strategy):
                 "group": c["group"],
                 "space": c["space"],
                 "shape": tuple(c["shape"]),
+                "meta": {"vocab_size": int(c["vocab_size"])} if int(c["vocab_size"]) else {},
                 "n": int(r.content["metrics"]["num-examples"]),
             }
         self.info = [info[p] for p in sorted(info)]
@@ -89,7 +90,9 @@ class FedAnchors(Strategy):
         spaces = [i["space"] for i in self.info]
         for i in self.info:
             if spaces.count(i["space"]) > 1 and i["space"] not in self.encoders:
-                self.encoders[i["space"]] = build_encoder(self.cfg.model, i["space"], i["shape"], self.cfg.seed)
+                self.encoders[i["space"]] = build_encoder(
+                    self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
+                )
 
     @property
     def names(self) -> list[str]:

@@ -66,3 +66,31 @@ def test_mnist_hetero_real_data(tmp_path, shared_data):
     )
     s = run(cfg)
     assert s["test_acc_wg"] >= 0.94, s
+
+
+@pytest.mark.slow
+def test_anchors_pull_image_and_audio_classes_together(tmp_path, shared_data):
+    """Same seed, lambda_fit > 0 vs 0: the groups' class Gaussians end up closer in W2."""
+    from fedanchors.analysis import cross_group_w2
+    from fedanchors.centralized import CentralizedTrainer
+    from fedanchors.data import build_scenario
+
+    sets = [
+        f"data.root={shared_data}",
+        "data.max_per_group=900",
+        "optim.epochs=3",
+        "progress=false",
+        f"out_dir={tmp_path}",
+        "model.encoder.channels=[16,32]",
+        "model.encoder.hidden=128",
+    ]
+    w2 = {}
+    for fit in (0.0, 0.01):
+        cfg = load_config(REPO / "configs" / "mnist_audio.yaml", sets + [f"anchors.lambda_fit={fit}"])
+        data = build_scenario(cfg.data)
+        tr = CentralizedTrainer(cfg, data)
+        for epoch in range(cfg.optim.epochs):
+            for idx in tr.epoch_batches():
+                tr.train_step(idx, epoch)
+        w2[fit] = cross_group_w2(dict(tr.model.encoders), data)["w2:image|audio"]
+    assert w2[0.01] < 0.5 * w2[0.0], w2

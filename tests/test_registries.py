@@ -13,16 +13,28 @@ from fedanchors.methods import METHODS
 from fedanchors.models import ENCODERS, HEADS, build_anchors, build_encoder, build_head
 
 from .conftest import small_config
+from .fixtures import make_textcaps
+
+TEXT = {"bow_mlp", "char_cnn", "transformer"}
+GRIDS = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 32, 63)]  # images and a log-mel spectrogram
+PAIRS = [(k, s) for k in ENCODERS.names() for s in ([(20,)] if k in TEXT else GRIDS)]  # text: token ids
 
 
-@pytest.mark.parametrize("kind", ENCODERS.names())
-@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_every_encoder_is_covered():
+    assert {k for k, _ in PAIRS} == set(ENCODERS.names()) and TEXT <= set(ENCODERS.names())
+
+
+@pytest.mark.parametrize("kind, shape", PAIRS)
 def test_encoder_builds_and_steps(kind, shape):
     cfg = ModelConfig(latent_dim=16, encoder=EncoderConfig(kind=kind, channels=(8,), hidden=32))
-    enc = build_encoder(cfg, "s", shape, seed=0)
+    enc = build_encoder(cfg, "s", shape, seed=0, meta={"vocab_size": 50})
     head = build_head(cfg, 10, seed=0)
     opt = torch.optim.Adam(list(enc.parameters()) + list(head.parameters()), lr=1e-3)
-    x, y = torch.rand(6, *shape), torch.arange(6) % 10
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50, (6, *shape), generator=g) if kind in TEXT else torch.rand(6, *shape, generator=g)
+    if kind in TEXT:
+        x[:, 15:] = 0  # padding
+    y = torch.arange(6) % 10
     losses = []
     for _ in range(3):
         loss = torch.nn.functional.cross_entropy(head(enc(x)), y)
@@ -59,8 +71,20 @@ def scenario_config(tmp_path, name, data_root):
 @pytest.mark.parametrize("scenario", SCENARIOS.names())
 @pytest.mark.parametrize("method", METHODS.names())
 def test_scenario_and_method_take_three_finite_steps(tmp_path, scenario, method, shared_data):
-    cfg = scenario_config(tmp_path, scenario, shared_data)
-    cfg = small_config(tmp_path, data=dict(cfg.data.__dict__), method={"name": method})
+    root = shared_data
+    extra = {}
+    if scenario == "textcaps":  # not downloadable here: a generated fixture in the official layout
+        make_textcaps(tmp_path)
+        root = tmp_path
+        extra = {
+            "model": {
+                "latent_dim": 16,
+                "encoders": {"text": {"kind": "bow_mlp", "hidden": 32}},
+                "encoder": {"kind": "cnn", "channels": [8], "hidden": 32},
+            }
+        }
+    cfg = scenario_config(tmp_path, scenario, root)
+    cfg = small_config(tmp_path, data=dict(cfg.data.__dict__), method={"name": method}, **extra)
     data = build_scenario(cfg.data)
     assert len(data.groups) >= 2 and len({g.space for g in data.groups}) >= 1
     tr = CentralizedTrainer(cfg, data)

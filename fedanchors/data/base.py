@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class GroupData:
     train: Split
     val: Split
     test: Split
+    meta: dict = field(default_factory=dict)  # e.g. a text group's vocab_size and vocab
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -60,11 +61,11 @@ class ScenarioData:
     def names(self) -> list[str]:
         return [g.name for g in self.groups]
 
-    def spaces(self) -> dict[str, tuple[int, ...]]:
-        """Input space -> input shape, in first-seen order."""
-        out: dict[str, tuple[int, ...]] = {}
+    def spaces(self) -> dict[str, GroupData]:
+        """Input space -> the first group in it (its shape and meta build the encoder)."""
+        out: dict[str, GroupData] = {}
         for g in self.groups:
-            out.setdefault(g.space, g.shape)
+            out.setdefault(g.space, g)
         return out
 
 
@@ -96,13 +97,29 @@ def split_fractions(n: int, fractions: list[float], seed: int) -> list[torch.Ten
     return out
 
 
+def cap(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of ``n`` examples (all when n is 0): files are often sorted by class."""
+    if not n or n >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 7919))[:n].sort().values
+    return x[keep], y[keep]
+
+
 def make_group(name: str, space: str, x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, seed: int) -> GroupData:
     """Split one group's examples into train/val/test with a fixed seed."""
-    if cfg.max_per_group:
-        x, y = x[: cfg.max_per_group], y[: cfg.max_per_group]
+    x, y = cap(x, y, cfg.max_per_group, seed)
     te, va = cfg.test_fraction, cfg.val_fraction
     test, val, train = split_fractions(len(y), [te, va, 1 - te - va], seed)
     return GroupData(name, space, Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]))
+
+
+def make_group_fixed_test(
+    name: str, space: str, x: torch.Tensor, y: torch.Tensor, test: Split, cfg: DataConfig, seed: int
+) -> GroupData:
+    """A group whose test split is given (an official split); validation is carved from train."""
+    x, y = cap(x, y, cfg.max_per_group, seed)
+    val, train = split_fractions(len(y), [cfg.val_fraction, 1 - cfg.val_fraction], seed)
+    return GroupData(name, space, Split(x[train], y[train]), Split(x[val], y[val]), test)
 
 
 def resize(x: torch.Tensor, side: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ from fedanchors.data.base import (
     data_root,
     group_fractions,
     make_group,
+    make_group_fixed_test,
     options_dataclass,
     resize,
     scenario_options,
@@ -146,12 +147,7 @@ def _hetero_group(
     side = 28 if name == "mnist28" else 32
     if official_test is None:
         return make_group(name, name, resize(x, side), y, cfg, cfg.split_seed + 1 + i)
-    val, train = split_fractions(len(y), [cfg.val_fraction, 1 - cfg.val_fraction], cfg.split_seed + 1 + i)
     xt, yt = official_test
-    return GroupData(
-        name,
-        name,
-        Split(resize(x[train], side), y[train]),
-        Split(resize(x[val], side), y[val]),
-        Split(resize(xt, side), yt),
+    return make_group_fixed_test(
+        name, name, resize(x, side), y, Split(resize(xt, side), yt), cfg, cfg.split_seed + 1 + i
     )

@@ -1,0 +1,46 @@
+"""Diagnostics of the shared latent space: how far apart groups' class Gaussians are."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedanchors.data import ScenarioData
+from fedanchors.moments import class_sufficient_stats, stats_to_moments
+from fedanchors.wasserstein import gaussian_w2
+
+
+@torch.no_grad()
+def group_class_gaussians(
+    encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cov_eps: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(counts (C,), means (C, d), covs (C, d, d)) of one group's latent codes."""
+    encoder.eval()
+    sums = None
+    for i in range(0, len(y), 512):
+        part = class_sufficient_stats(encoder(x[i : i + 512]).cpu(), y[i : i + 512].cpu(), num_classes)
+        sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
+    encoder.train()
+    means, covs = stats_to_moments(*sums, cov_eps)
+    return sums[0], means, covs
+
+
+def cross_group_w2(encoders: dict[str, nn.Module], data: ScenarioData, split: str = "val") -> dict[str, float]:
+    """Mean over shared classes of W2^2 between two groups' class Gaussians, for every group pair.
+
+    Keys ``w2:<a>|<b>``. Small values mean the groups' encoders map each class to the same
+    region of the latent space, which the anchors are there to achieve.
+    """
+    stats = {}
+    for g in data.groups:
+        s = getattr(g, split)
+        device = next(encoders[g.space].parameters()).device
+        stats[g.name] = group_class_gaussians(encoders[g.space], s.x.to(device), s.y, data.num_classes)
+    out = {}
+    names = data.names
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (na, ma, sa), (nb, mb, sb) = stats[a], stats[b]
+            both = (na > 0) & (nb > 0)
+            out[f"w2:{a}|{b}"] = float(gaussian_w2(ma[both], sa[both], mb[both], sb[both]).mean())
+    return out
