@@ -135,3 +135,17 @@ def test_existing_run_dir_is_never_overwritten(tmp_path):
     (first.path / "metrics.jsonl").write_text("precious\n")
     second = RunDir.create(cfg)
     assert second.path != first.path and (first.path / "metrics.jsonl").read_text() == "precious\n"
+
+
+def test_library_never_imports_flwr():
+    """fedanchors/ is the library; only clients/ and server/ may import Flower."""
+    import pkgutil
+
+    import fedanchors
+
+    mods = [m.name for m in pkgutil.walk_packages(fedanchors.__path__, "fedanchors.")]
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods)
+    code += "assert not [m for m in sys.modules if m.split('.')[0] == 'flwr'], 'flwr imported'\n"
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(mods) > 15
