@@ -44,3 +44,29 @@ def cross_group_w2(encoders: dict[str, nn.Module], data: ScenarioData, split: st
             both = (na > 0) & (nb > 0)
             out[f"w2:{a}|{b}"] = float(gaussian_w2(ma[both], sa[both], mb[both], sb[both]).mean())
     return out
+
+
+@torch.no_grad()
+def anchor_w2_per_group(
+    anchor_means: torch.Tensor, anchor_covs: torch.Tensor, counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor
+) -> torch.Tensor:
+    """Mean over each group's present classes of W2^2(anchor_c, N(mu_gc, Sigma_gc)) -> (G,).
+
+    anchors (C, d), (C, d, d); groups' counts (G, C), means (G, C, d), covs (G, C, d, d).
+    """
+    w2 = gaussian_w2(anchor_means, anchor_covs, means.to(anchor_means.dtype), covs.to(anchor_means.dtype))
+    present = (counts > 0).to(w2.dtype)
+    return (w2 * present).sum(1) / present.sum(1).clamp_min(1)
+
+
+def anchor_w2(encoders: dict[str, nn.Module], anchors, data: ScenarioData, split: str = "val") -> dict[str, float]:
+    """``w2_anchor:<g>``: how far each group's class Gaussians sit from the anchors (on CPU)."""
+    with torch.no_grad():
+        am, ac = anchors.means.detach().cpu(), anchors.covariances().detach().cpu()
+    out = {}
+    for g in data.groups:
+        s = getattr(g, split)
+        device = next(encoders[g.space].parameters()).device
+        n, m, c = group_class_gaussians(encoders[g.space], s.x.to(device), s.y, data.num_classes)
+        out[f"w2_anchor:{g.name}"] = float(anchor_w2_per_group(am, ac, n[None], m[None], c[None])[0])
+    return out

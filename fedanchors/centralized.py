@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fedanchors.analysis import cross_group_w2
+from fedanchors.analysis import anchor_w2, cross_group_w2
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.methods import Method, build_method
@@ -130,6 +130,7 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
                 sums[k] = sums.get(k, 0.0) + v
         val = tr.evaluate("val")
         record = {"epoch": epoch, **{k: v / len(steps) for k, v in sums.items()}, **val}
+        record.update(anchor_w2(dict(tr.model.encoders), tr.model.anchors, data))
         record.update({f"q:{n}": float(q) for n, q in zip(data.names, tr.method.q)})
         run.log(record)
         if val["acc_wg"] > best:

@@ -21,6 +21,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fedanchors.simulate", description=__doc__)
     p.add_argument("--config", help="YAML config (default: built-in digits defaults)")
     p.add_argument(
+        "--compare",
+        action="store_true",
+        help="run the config in both modes (same seed and sample budget) and compare them",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -34,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(cfg: Config) -> dict:
     """Run ``cfg`` in its mode; returns the summary (also written to summary.json)."""
     from fedanchors.data import build_scenario
+    from fedanchors.plots import plot_run
     from fedanchors.rundir import RunDir
     from fedanchors.samples import save_group_samples
 
@@ -52,7 +58,36 @@ def run(cfg: Config) -> dict:
 
         summary = run_centralized(cfg, data, run_dir)
     summary["run_dir"] = str(run_dir.path)
+    plot_run(run_dir.path)
     return summary
+
+
+def run_compare(cfg: Config) -> str:
+    """Run ``cfg`` centralized and federated with the same seed and sample budget, then compare.
+
+    One local epoch per round and ``federated.rounds = optim.epochs``: every example is seen
+    as often in both modes. Writes ``<out_dir>/<name>-compare/report.md`` and ``compare.png``.
+    """
+    from pathlib import Path
+
+    from fedanchors.compare import compare
+    from fedanchors.config import replace
+
+    epochs = cfg.optim.epochs
+    runs = []
+    for mode in ("centralized", "federated"):
+        sets = [
+            f"mode={mode}",
+            f"name={cfg.name}-{mode}",
+            f"federated.rounds={epochs}",
+            "federated.local_epochs=1",
+            "federated.local_steps=0",
+        ]
+        runs.append(Path(run(replace(cfg, sets))["run_dir"]))
+    out = Path(cfg.out_dir) / f"{cfg.name}-compare"
+    out.mkdir(parents=True, exist_ok=True)
+    md, _ = compare(runs, out / "report.md")
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.compare:
+            print(run_compare(cfg))
+            print(f"\nreport: {cfg.out_dir}/{cfg.name}-compare/report.md (curves: compare.png)")
+            return 0
         summary = run(cfg)
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
+from fedanchors.analysis import anchor_w2_per_group
 from fedanchors.config import Config
 from fedanchors.errors import FedAnchorsError
 from fedanchors.methods import build_method
@@ -195,6 +196,10 @@ class FedAnchors(Strategy):
                 self.sep_gen,
             )
             rec.update({"anchor_fit": res["fit"], "sep": res["sep"]})
+            with torch.no_grad():
+                am, ac = self.anchors.means, self.anchors.covariances()
+            per_group = anchor_w2_per_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
+            rec.update({f"w2_anchor:{self.info[p]['group']}": float(v) for p, v in zip(pids, per_group)})
         self.method.step(losses, server_round - 1)
         self.last_losses = losses
         self.train_record = rec
