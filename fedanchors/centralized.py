@@ -137,6 +137,8 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
             best, best_epoch = val["acc_wg"], epoch
             torch.save(tr.state_dict(), run.checkpoint("best.pt"))
         bar.set_postfix(val_acc_wg=f"{val['acc_wg']:.3f}")
+        if cfg.optim.patience and epoch - best_epoch >= cfg.optim.patience:
+            break  # early stopping on validation acc_wg
     torch.save(tr.state_dict(), run.checkpoint("last.pt"))
     state = torch.load(run.checkpoint("best.pt"), map_location=tr.device, weights_only=True)
     tr.model.load_state_dict(state["model"])
@@ -146,6 +148,7 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     summary = {
         "mode": "centralized",
         "best_epoch": best_epoch,
+        "epochs_run": epoch,
         "best_val_acc_wg": best,
         **{f"test_{k}": v for k, v in test.items()},
         "wall_time_s": time.time() - t0,

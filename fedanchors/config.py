@@ -81,6 +81,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     batch_size: int = 128
     epochs: int = 5
+    patience: int = 0  # > 0: stop after this many epochs/rounds without a better val acc_wg
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,7 @@ def validate(cfg: Config) -> None:
         "anchors.lambda_sep": cfg.anchors.lambda_sep,
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.grad_clip": cfg.optim.grad_clip,
+        "optim.patience": cfg.optim.patience,
     }
     for key, v in nonneg.items():
         if v < 0:

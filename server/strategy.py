@@ -50,6 +50,7 @@ class FedAnchors(Strategy):
         self.best: dict = {"val_acc_wg": -1.0}
         self.bytes_sent = self.bytes_received = 0
         self.round_bytes = [0, 0]
+        self.stopped, self.rounds_run = False, 0
         self.t0 = time.time()
         self.bar = tqdm(
             total=cfg.federated.rounds,
@@ -146,6 +147,8 @@ class FedAnchors(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        if self.stopped:  # early stopping: Strategy.start runs on, with nothing to send
+            return []
         if not self.nodes:
             self._discover(grid)
         self.round_bytes = [0, 0]
@@ -156,7 +159,11 @@ class FedAnchors(Strategy):
         shared = [s in self.encoders for s in spaces]
         return self._messages(MessageType.TRAIN, server_round, {"encoder_scale": scale, "encoder_shared": shared})
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord, MetricRecord]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.stopped:
+            return None, None
         ok = self._split_replies(server_round, replies)
         if len(ok) < self.cfg.federated.min_clients:
             raise FedAnchorsError(
@@ -210,9 +217,13 @@ class FedAnchors(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        if self.stopped:
+            return []
         return self._messages(MessageType.EVALUATE, server_round, {})
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord:
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self.stopped:
+            return None
         ok = self._split_replies(server_round, replies)
         out = {s: self._summarize(s, ok) for s in ("val", "test")}
         self.bytes_sent += self.round_bytes[0]
@@ -231,6 +242,10 @@ class FedAnchors(Strategy):
                 )
         self.bar.update(1)
         self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
+        self.rounds_run = server_round
+        patience = self.cfg.optim.patience
+        if patience and server_round - self.best.get("round", 0) >= patience:
+            self.stopped = True  # early stopping on validation acc_wg
         return MetricRecord({k: float(v) for k, v in out["val"].items()})
 
     def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
@@ -262,6 +277,7 @@ class FedAnchors(Strategy):
         return {
             "mode": "federated",
             "best_round": self.best.get("round"),
+            "rounds_run": self.rounds_run,
             "best_val_acc_wg": self.best["val_acc_wg"],
             **{f"test_{k}": v for k, v in self.best.get("test", {}).items()},
             "bytes_sent": self.bytes_sent,

@@ -250,3 +250,17 @@ def test_federated_runs_repeat_exactly(tmp_path):
     for (ka, va), (kb, vb) in zip(a.head.state_dict().items(), b.head.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert torch.equal(a.anchors.means, b.anchors.means) and torch.equal(a.method.q, b.method.q)
+
+
+def test_early_stopping_in_both_modes(tmp_path):
+    """lr ~ 0: validation acc_wg cannot improve after the first epoch/round, so patience 1 stops at 2."""
+    from fedanchors.simulate import run
+
+    frozen = {"name": "sgd", "lr": 1e-12, "epochs": 5, "patience": 1}
+    s = run(small_config(tmp_path, optim=frozen))
+    assert s["epochs_run"] == 2 and s["best_epoch"] == 1
+    assert len((tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()) == 2
+    cfg = small_config(tmp_path, optim=frozen, federated={"rounds": 5, "local_steps": 1})
+    strategy, grid = run_rounds(cfg, 2)
+    assert strategy.rounds_run == 2 and strategy.best["round"] == 1
+    assert sum(m.metadata.message_type == "train" for m in grid.sent) == 4  # 2 clients x 2 rounds
