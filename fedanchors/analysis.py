@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fedanchors.data import ScenarioData
+from fedanchors.losses import anchor_w2_by_group
 from fedanchors.moments import class_sufficient_stats, stats_to_moments
 from fedanchors.wasserstein import gaussian_w2
 
@@ -46,19 +47,6 @@ def cross_group_w2(encoders: dict[str, nn.Module], data: ScenarioData, split: st
     return out
 
 
-@torch.no_grad()
-def anchor_w2_per_group(
-    anchor_means: torch.Tensor, anchor_covs: torch.Tensor, counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor
-) -> torch.Tensor:
-    """Mean over each group's present classes of W2^2(anchor_c, N(mu_gc, Sigma_gc)) -> (G,).
-
-    anchors (C, d), (C, d, d); groups' counts (G, C), means (G, C, d), covs (G, C, d, d).
-    """
-    w2 = gaussian_w2(anchor_means, anchor_covs, means.to(anchor_means.dtype), covs.to(anchor_means.dtype))
-    present = (counts > 0).to(w2.dtype)
-    return (w2 * present).sum(1) / present.sum(1).clamp_min(1)
-
-
 def anchor_w2(encoders: dict[str, nn.Module], anchors, data: ScenarioData, split: str = "val") -> dict[str, float]:
     """``w2_anchor:<g>``: how far each group's class Gaussians sit from the anchors (on CPU)."""
     with torch.no_grad():
@@ -68,5 +56,6 @@ def anchor_w2(encoders: dict[str, nn.Module], anchors, data: ScenarioData, split
         s = getattr(g, split)
         device = next(encoders[g.space].parameters()).device
         n, m, c = group_class_gaussians(encoders[g.space], s.x.to(device), s.y, data.num_classes)
-        out[f"w2_anchor:{g.name}"] = float(anchor_w2_per_group(am, ac, n[None], m[None], c[None])[0])
+        with torch.no_grad():
+            out[f"w2_anchor:{g.name}"] = float(anchor_w2_by_group(am, ac, n[None], m[None], c[None])[0])
     return out

@@ -7,31 +7,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedanchors.anchors import AnchorModule
-from fedanchors.moments import batch_class_moments
 from fedanchors.registry import Registry
 from fedanchors.wasserstein import gaussian_w2
 
 SEPARATIONS: Registry = Registry("separation loss")
 
 
-def fit_loss(z: torch.Tensor, y: torch.Tensor, anchors: AnchorModule, cov_eps: float) -> torch.Tensor:
-    """Mean over the classes in the batch of W2^2(N(mu_c, Sigma_c), anchor_c)."""
-    classes, means, covs = batch_class_moments(z, y, anchors.num_classes, cov_eps)
-    s = anchors.covariances()[classes]
-    return gaussian_w2(anchors.means[classes], s, means, covs).mean()
+def anchor_w2_by_group(
+    anchor_means: torch.Tensor, anchor_covs: torch.Tensor, counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor
+) -> torch.Tensor:
+    """Per group, mean over its present classes of W2^2(anchor_c, N(mu_gc, Sigma_gc)) -> (G,).
+
+    anchors (C, d), (C, d, d); groups' counts (G, C), means (G, C, d), covs (G, C, d, d).
+    """
+    w2 = gaussian_w2(anchor_means, anchor_covs, means.to(anchor_means.dtype), covs.to(anchor_means.dtype))
+    present = (counts > 0).to(w2.dtype)
+    return (w2 * present).sum(1) / present.sum(1).clamp_min(1)
 
 
 def anchor_fit_objective(
     anchors: AnchorModule, counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Server's barycenter objective sum_g w_g mean_{c: n_gc > 0} W2^2(anchor_c, N(mu_gc, Sigma_gc)).
-
-    counts (G, C), means (G, C, d), covs (G, C, d, d), weights (G,).
-    """
-    w2 = gaussian_w2(anchors.means, anchors.covariances(), means, covs)  # (G, C) broadcast
-    present = (counts > 0).to(w2.dtype)
-    per_group = (w2 * present).sum(1) / present.sum(1).clamp_min(1)
-    return (weights.to(w2.dtype) * per_group).sum()
+    """Server's barycenter objective sum_g w_g mean_{c: n_gc > 0} W2^2(anchor_c, N(mu_gc, Sigma_gc))."""
+    per_group = anchor_w2_by_group(anchors.means, anchors.covariances(), counts, means, covs)
+    return (weights.to(per_group.dtype) * per_group).sum()
 
 
 @SEPARATIONS.register("classifier")

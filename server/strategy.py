@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
-from fedanchors.analysis import anchor_w2_per_group
 from fedanchors.config import Config
 from fedanchors.errors import FedAnchorsError
+from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
 from fedanchors.metrics import summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
@@ -205,7 +205,7 @@ class FedAnchors(Strategy):
             rec.update({"anchor_fit": res["fit"], "sep": res["sep"]})
             with torch.no_grad():
                 am, ac = self.anchors.means, self.anchors.covariances()
-            per_group = anchor_w2_per_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
+                per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
             rec.update({f"w2_anchor:{self.info[p]['group']}": float(v) for p, v in zip(pids, per_group)})
         self.method.step(losses, server_round - 1)
         self.last_losses = losses

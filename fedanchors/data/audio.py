@@ -6,7 +6,6 @@ torchaudio: log(mel @ |STFT|^2 + 1e-6) on waveforms cut or zero-padded to a fixe
 
 from __future__ import annotations
 
-import math
 import re
 import wave
 from pathlib import Path
@@ -94,8 +93,3 @@ def load_fsdd(root: Path, seconds: float = 1.0) -> dict[str, tuple[torch.Tensor,
         part[1].append(int(digit))
         part[2].append(speaker)
     return {k: (torch.tensor(np.stack(w)), torch.tensor(y), s) for k, (w, y, s) in out.items() if y}
-
-
-def frames(length: int, hop: int) -> int:
-    """Number of STFT frames ``log_mel`` gives for ``length`` samples (center=True)."""
-    return 1 + math.floor(length / hop)
