@@ -17,7 +17,7 @@ from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import class_sufficient_stats, stats_to_moments
 from fedanchors.rundir import resolve_device, seed_everything
-from fedanchors.train import local_train, make_optimizer
+from fedanchors.train import local_train, make_optimizer, steps_per_epoch
 
 _DATA: dict[str, ScenarioData] = {}  # read-only cache per actor process, keyed by data config
 
@@ -105,7 +105,11 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     model.load_global(msg.content["arrays" if stock else "global"])
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
     f = cfg.federated
-    steps = f.local_steps or f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
+    sizes = [len(g.train) for g in data.groups]
+    if cfg.optim.group_batch:  # fixed-ratio batches: every client takes the same number of steps
+        steps = f.local_steps or f.local_epochs * steps_per_epoch(sizes, data.names, cfg.optim)
+    else:
+        steps = f.local_steps or f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
     res = local_train(
         model.encoder,
@@ -120,6 +124,7 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         gen,
         model.device,
         num_classes=data.num_classes if (not stock and f.class_stats == "running") else 0,
+        batch_size=cfg.optim.group_batch.get(group.name, 0),
     )
     model.save()
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands

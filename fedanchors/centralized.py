@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,11 +19,21 @@ from tqdm import tqdm
 from fedanchors.analysis import anchor_w2, cross_group_w2
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
+from fedanchors.dfr import linear_head, select_and_fit
 from fedanchors.methods import Method, build_method
 from fedanchors.metrics import split_counts, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.rundir import RunDir, resolve_device, seed_everything
-from fedanchors.train import batches, clip_and_step, group_fit_losses, make_optimizer, separation_loss
+from fedanchors.train import (
+    GroupCycler,
+    batches,
+    clip_and_step,
+    group_batch_sizes,
+    group_fit_losses,
+    make_optimizer,
+    separation_loss,
+    steps_per_epoch,
+)
 
 
 class CentralModel(nn.Module):
@@ -56,24 +67,32 @@ class CentralizedTrainer:
         sizes = torch.tensor([len(g.train) for g in data.groups])
         self.owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # union index -> group
         self.offset = torch.cumsum(sizes, 0) - sizes
+        self.group_batch = group_batch_sizes(data.names, cfg.optim)
+        self.cyclers = [GroupCycler(int(n), self.gen) for n in sizes]
+        self.steps = steps_per_epoch(sizes.tolist(), data.names, cfg.optim)
 
     def epoch_batches(self) -> list[torch.Tensor]:
-        """This epoch's mixed batches of union indices."""
-        return batches(len(self.owner), self.cfg.optim.batch_size, self.gen)
+        """This epoch's mixed batches of union indices: uniform over the union, or with
+        ``optim.group_batch`` a fixed number from each group per batch (small groups cycle)."""
+        if not self.group_batch:
+            return batches(len(self.owner), self.cfg.optim.batch_size, self.gen)
+        return [
+            torch.cat([self.offset[g] + c.take(b) for g, (c, b) in enumerate(zip(self.cyclers, self.group_batch))])
+            for _ in range(self.steps)
+        ]
 
     def train_step(self, idx: torch.Tensor, epoch: int) -> dict[str, float]:
         """One optimizer step on the mixed batch ``idx``; returns the step's scalars."""
         cfg, m = self.cfg, self.model
         owner = self.owner[idx]
         present = [g for g in range(len(self.data.groups)) if bool((owner == g).any())]
-        zs, ys, ces = [], [], []
+        xs, ys = {}, {}
         for g in present:
             rows = idx[owner == g] - self.offset[g]
-            x, y = self.train_x[g][rows], self.train_y[g][rows]
-            z = m.encoders[self.data.groups[g].space](x)
-            zs.append(z)
-            ys.append(y)
-            ces.append(F.cross_entropy(m.head(z), y))
+            xs[g], ys[g] = self.train_x[g][rows], self.train_y[g][rows]
+        zs = self._encode(xs)
+        ces = [F.cross_entropy(m.head(zs[g]), ys[g]) for g in present]
+        zs, ys = [zs[g] for g in present], [ys[g] for g in present]
         G = len(self.data.groups)
         losses = torch.full((G,), float("nan"), dtype=torch.float64)
         losses[present] = torch.stack(ces).detach().double().cpu()
@@ -96,16 +115,51 @@ class CentralizedTrainer:
         self.method.step(losses, epoch)
         return out
 
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Group-wise metrics on ``val`` or ``test``."""
-        C = self.data.num_classes
+    def _encode(self, xs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Latent codes per group; groups of one input space go through its encoder in one
+        call (one set of batch-norm statistics, no sub-batch of a single example)."""
+        out = {}
+        for space, enc in self.model.encoders.items():
+            gs = [g for g in xs if self.data.groups[g].space == space]
+            if gs:
+                z = enc(torch.cat([xs[g] for g in gs]))
+                out.update(zip(gs, torch.split(z, [len(xs[g]) for g in gs])))
+        return out
+
+    def evaluate(self, split: str, head: nn.Module | None = None) -> dict[str, float]:
+        """Group-wise metrics on ``val`` or ``test`` (with another ``head`` when given)."""
+        C, head = self.data.num_classes, head or self.model.head
         rows = [
-            split_counts(self.model.encoders[g.space], self.model.head, getattr(g, split), C, 512, self.device)
+            split_counts(self.model.encoders[g.space], head, getattr(g, split), C, 512, self.device)
             for g in self.data.groups
         ]
         correct = torch.stack([r[0] for r in rows])
         total = torch.stack([r[1] for r in rows])
-        return summarize(self.data.names, correct, total, torch.tensor([r[2] for r in rows]))
+        loss = torch.tensor([r[2] for r in rows])
+        return summarize(self.data.names, correct, total, loss, self.data.class_sets)
+
+    @torch.no_grad()
+    def codes(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Latent codes, labels and group indices of every group's ``split`` (encoders in eval mode)."""
+        zs, ys, gs = [], [], []
+        for k, g in enumerate(self.data.groups):
+            enc, part = self.model.encoders[g.space], getattr(g, split)
+            enc.eval()
+            zs += [enc(part.x[i : i + 512].to(self.device)).cpu() for i in range(0, len(part), 512)]
+            enc.train()
+            ys.append(part.y)
+            gs.append(torch.full((len(part),), k))
+        return torch.cat(zs).double().numpy(), torch.cat(ys).numpy(), torch.cat(gs).numpy()
+
+    def dfr(self) -> dict:
+        """DFR on the validation codes; test metrics of the new head as ``dfr_test_*``."""
+        z, y, g = self.codes("val")
+        seed = stable_seed(self.cfg.seed, "dfr")
+        C, scores, W, b = select_and_fit(z, y, g, self.cfg.dfr, self.data.num_classes, seed)
+        test = self.evaluate("test", linear_head(W, b).to(self.device))
+        return {"dfr_C": C, **{f"dfr_val_wg:C={c}": v for c, v in scores.items()}} | {
+            f"dfr_test_{k}": v for k, v in test.items()
+        }
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "method": self.method.state_dict()}
@@ -145,12 +199,14 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     test = tr.evaluate("test")
     if len(data.groups) > 1:  # how close the groups' class Gaussians sit in the latent space
         test.update(cross_group_w2(dict(tr.model.encoders), data, "test"))
+    dfr = tr.dfr() if cfg.dfr.enabled else {}
     summary = {
         "mode": "centralized",
         "best_epoch": best_epoch,
         "epochs_run": epoch,
         "best_val_acc_wg": best,
         **{f"test_{k}": v for k, v in test.items()},
+        **dfr,
         "wall_time_s": time.time() - t0,
         "device": str(tr.device),
     }

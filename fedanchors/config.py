@@ -82,6 +82,9 @@ class OptimConfig:
     batch_size: int = 128
     epochs: int = 5
     patience: int = 0  # > 0: stop after this many epochs/rounds without a better val acc_wg
+    # fixed-ratio mixed batches, e.g. {confounded: 60, corrected: 4}: each step takes this many
+    # examples of each group (every group named); a federated client uses its entry as its batch
+    group_batch: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class FederatedConfig:
     rounds: int = 5
     local_epochs: int = 1
     local_steps: int = 0  # > 0 overrides local_epochs
+    eval_every: int = 1  # evaluate (val and test on every client) every N rounds and after the last
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_init: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +117,16 @@ class FederatedConfig:
     round_timeout: float = 600.0
     fault_partition: int = -1  # testing aid: this partition raises ...
     fault_round: int = 0  # ... in this round
+
+
+@dataclass(frozen=True)
+class DFRConfig:
+    """Deep feature reweighting after training: a new last layer on group-balanced codes."""
+
+    enabled: bool = False
+    Cs: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # inverse L1 strengths tried
+    subsets: int = 10  # balanced subsamples averaged (centralized)
+    samples_per_group: int = 1000  # codes drawn per group from the class Gaussians (federated)
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    dfr: DFRConfig = field(default_factory=DFRConfig)
 
 
 _CHOICES = {
@@ -302,6 +317,7 @@ def validate(cfg: Config) -> None:
         "model.latent_dim": cfg.model.latent_dim,
         "anchors.eps": cfg.anchors.eps,
         "federated.num_cpus": cfg.federated.num_cpus,
+        "federated.eval_every": cfg.federated.eval_every,
     }
     for key, v in positive.items():
         if not v > 0:
@@ -324,6 +340,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be in (0, 1), got {v}")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+    if cfg.dfr.enabled:
+        if not cfg.dfr.Cs or min(cfg.dfr.Cs) <= 0 or cfg.dfr.subsets < 1 or cfg.dfr.samples_per_group < 2:
+            raise ConfigError("dfr: Cs must be non-empty and > 0, subsets >= 1, samples_per_group >= 2")
+        if cfg.mode == "federated" and cfg.model.head != "linear":
+            raise ConfigError("dfr in federated mode replaces a linear head; set model.head: linear")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
     _check_registered(cfg)

@@ -33,11 +33,18 @@ def split_counts(
     return correct, total, loss
 
 
-def summarize(names: list[str], correct: torch.Tensor, total: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
+def summarize(
+    names: list[str],
+    correct: torch.Tensor,
+    total: torch.Tensor,
+    loss: torch.Tensor,
+    class_sets: dict[str, list[int]] | None = None,
+) -> dict[str, float]:
     """Metrics from per-group per-class counts: correct/total (G, C), loss sums (G,).
 
     ``acc_all`` over every sample, ``acc_group:<g>``, ``acc_wg`` (worst group),
-    ``acc_bal`` (mean per-class recall over all groups) and ``loss_group:<g>``.
+    ``acc_bal`` (mean per-class recall over all groups), ``loss_group:<g>``, and
+    ``acc_<name>`` over the classes of each named class set (e.g. ``acc_head``, ``acc_tail``).
     """
     correct, total = correct.double(), total.double()
     out: dict[str, float] = {"acc_all": _ratio(correct.sum(), total.sum())}
@@ -52,6 +59,8 @@ def summarize(names: list[str], correct: torch.Tensor, total: torch.Tensor, loss
     per_class = correct.sum(0) / total.sum(0)
     seen = total.sum(0) > 0
     out["acc_bal"] = float(per_class[seen].mean()) if bool(seen.any()) else float("nan")
+    for name, classes in (class_sets or {}).items():
+        out[f"acc_{name}"] = _ratio(correct.sum(0)[classes].sum(), total.sum(0)[classes].sum())
     return out
 
 

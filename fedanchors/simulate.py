@@ -36,6 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_against_data(cfg: Config, data) -> None:
+    """Config entries that name groups must match the scenario's groups (before any run dir)."""
+    from fedanchors.methods import build_method
+    from fedanchors.train import group_batch_sizes
+
+    group_batch_sizes(data.names, cfg.optim)
+    build_method(cfg.method, data.names)
+
+
 def run(cfg: Config) -> dict:
     """Run ``cfg`` in its mode; returns the summary (also written to summary.json)."""
     from fedanchors.data import build_scenario
@@ -49,6 +58,7 @@ def run(cfg: Config) -> dict:
         federated = importlib.import_module("server.simulation")
         federated.check_resources(cfg)
     data = build_scenario(cfg.data)
+    check_against_data(cfg, data)
     run_dir = RunDir.create(cfg)
     save_group_samples(data, run_dir.path)
     if cfg.mode == "federated":

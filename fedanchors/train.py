@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from fedanchors.anchors import AnchorModule
 from fedanchors.config import AnchorConfig, OptimConfig
 from fedanchors.data.base import Split
+from fedanchors.errors import ConfigError
 from fedanchors.losses import SEPARATIONS
 from fedanchors.moments import batch_class_moments, class_sufficient_stats
 from fedanchors.wasserstein import gaussian_w2
@@ -56,9 +58,46 @@ def clip_and_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], 
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of range(n) cut into batches (the last may be short)."""
+    """A seeded shuffle of range(n) cut into batches (the last may be short, never a single
+    example when there are others: batch norm cannot train on one)."""
     perm = torch.randperm(n, generator=generator)
-    return list(torch.split(perm, batch_size))
+    out = list(torch.split(perm, batch_size))
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2:] = [torch.cat(out[-2:])]
+    return out
+
+
+def group_batch_sizes(names: list[str], cfg: OptimConfig) -> list[int]:
+    """Per-group batch sizes: ``optim.group_batch`` when set (it must name every group), else empty."""
+    if not cfg.group_batch:
+        return []
+    if set(cfg.group_batch) != set(names) or min(cfg.group_batch.values()) < 1:
+        raise ConfigError(
+            f"optim.group_batch must give every group a batch size >= 1: groups are {names}, got {cfg.group_batch}"
+        )
+    return [cfg.group_batch[n] for n in names]
+
+
+def steps_per_epoch(sizes: list[int], names: list[str], cfg: OptimConfig) -> int:
+    """Optimizer steps in one epoch: one pass over the union, or over the largest group's share
+    with fixed-ratio batches (smaller groups cycle)."""
+    per_group = group_batch_sizes(names, cfg)
+    if not per_group:
+        return math.ceil(sum(sizes) / cfg.batch_size)
+    return max(math.ceil(n / b) for n, b in zip(sizes, per_group))
+
+
+class GroupCycler:
+    """Endless seeded shuffles of one group's indices, ``take(k)`` at a time."""
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.gen, self.order = n, generator, torch.empty(0, dtype=torch.int64)
+
+    def take(self, k: int) -> torch.Tensor:
+        while len(self.order) < k:
+            self.order = torch.cat([self.order, torch.randperm(self.n, generator=self.gen)])
+        out, self.order = self.order[:k], self.order[k:]
+        return out
 
 
 def local_train(
@@ -74,6 +113,7 @@ def local_train(
     generator: torch.Generator,
     device: torch.device,
     num_classes: int = 0,
+    batch_size: int = 0,
 ) -> dict:
     """A client's local work: ``steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
 
@@ -84,6 +124,7 @@ def local_train(
     Returns the mean CE (the group loss for GroupDRO) and mean fit over the steps, and
     with ``num_classes`` > 0 the class sufficient statistics of the latent codes of the
     last pass over the data ("running" statistics: no extra forward pass).
+    ``batch_size`` (when > 0) replaces ``optim.batch_size`` (fixed-ratio group batches).
     """
     params = list(encoder.parameters()) + list(head.parameters())
     order: list[torch.Tensor] = []
@@ -91,7 +132,7 @@ def local_train(
     stats = None
     for _ in range(steps):
         if not order:
-            order = batches(len(split), cfg_optim.batch_size, generator)
+            order = batches(len(split), batch_size or cfg_optim.batch_size, generator)
             stats = None  # a new pass: keep the statistics of the last one only
         idx = order.pop(0)
         x, y = split.x[idx].to(device), split.y[idx].to(device)

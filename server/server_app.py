@@ -15,17 +15,24 @@ from server.strategy import FedAnchors
 
 
 def make_server_app(
-    cfg: Config | None, num_clients: int, num_classes: int, run: RunDir | None, holder: dict
+    cfg: Config | None,
+    num_clients: int,
+    num_classes: int,
+    run: RunDir | None,
+    holder: dict,
+    class_sets: dict[str, list[int]] | None = None,
 ) -> ServerApp:
     """A ServerApp whose strategy is left in ``holder["strategy"]`` for the caller."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedAnchors(cfg, num_clients, num_classes, run)
+        strategy = FedAnchors(cfg, num_clients, num_classes, run, class_sets)
         holder["strategy"] = strategy
         try:
             strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds, timeout=cfg.federated.round_timeout)
+            if cfg.dfr.enabled:
+                strategy.run_dfr(grid)
         except Exception as e:  # surfaced by the caller as one line, not a Flower traceback
             holder["error"] = e
 
@@ -43,8 +50,10 @@ def _flwr_run_app() -> ServerApp:
         cfg = from_run_config(context.run_config)
         data = build_scenario(cfg.data)
         run = RunDir.create(cfg)
-        strategy = FedAnchors(cfg, len(data.groups), data.num_classes, run)
+        strategy = FedAnchors(cfg, len(data.groups), data.num_classes, run, data.class_sets)
         strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds, timeout=cfg.federated.round_timeout)
+        if cfg.dfr.enabled:
+            strategy.run_dfr(grid)
         run.write_summary(strategy.finish())
 
     return app

@@ -60,7 +60,7 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     holder: dict = {}
     init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **f.ray_init}
     backend = {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus}, "init_args": init_args}
-    server_app = make_server_app(cfg, len(data.groups), data.num_classes, run, holder)
+    server_app = make_server_app(cfg, len(data.groups), data.num_classes, run, holder, data.class_sets)
     run_simulation(
         server_app, make_client_app(cfg), num_supernodes=len(data.groups), backend_name="ray", backend_config=backend
     )

@@ -7,6 +7,8 @@ functions the centralized mode uses.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
 from fedanchors.config import Config
+from fedanchors.dfr import fit_balanced, gaussian_codes, linear_head
 from fedanchors.errors import FedAnchorsError
 from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
@@ -34,8 +37,16 @@ log = logging.getLogger("fedanchors.server")
 class FedAnchors(Strategy):
     """Server state: head, anchors, shared encoders, GroupDRO q; one client per group."""
 
-    def __init__(self, cfg: Config, num_clients: int, num_classes: int, run: RunDir | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        num_clients: int,
+        num_classes: int,
+        run: RunDir | None = None,
+        class_sets: dict[str, list[int]] | None = None,
+    ) -> None:
         self.cfg, self.run, self.num_clients = cfg, run, num_clients
+        self.class_sets = class_sets or {}
         m, a = cfg.model, cfg.anchors
         self.head = build_head(m, num_classes, cfg.seed)
         self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed)
@@ -51,6 +62,8 @@ class FedAnchors(Strategy):
         self.bytes_sent = self.bytes_received = 0
         self.round_bytes = [0, 0]
         self.stopped, self.rounds_run = False, 0
+        self.last_stats: tuple[list[int], dict[str, torch.Tensor]] | None = None
+        self.dfr_summary: dict = {}
         self.t0 = time.time()
         self.bar = tqdm(
             total=cfg.federated.rounds,
@@ -115,9 +128,16 @@ class FedAnchors(Strategy):
                 dst_node_id=nid,
                 group_id=str(rnd),
             )
-            self.round_bytes[0] += message_bytes(msg)
+            self._count(message_bytes(msg), 0)
             out.append(msg)
         return out
+
+    def _count(self, sent: int, received: int) -> None:
+        """Bytes on the wire: run totals, and since the last logged record."""
+        self.bytes_sent += sent
+        self.bytes_received += received
+        self.round_bytes[0] += sent
+        self.round_bytes[1] += received
 
     def _partition(self, reply: Message) -> int:
         src = reply.metadata.src_node_id
@@ -127,7 +147,7 @@ class FedAnchors(Strategy):
         """Successful replies in partition order; failures are logged and skipped."""
         ok = []
         for r in replies:
-            self.round_bytes[1] += message_bytes(r)
+            self._count(0, message_bytes(r))
             if r.has_error():
                 reason = (r.error.reason or "").strip().splitlines()
                 if self.run:  # the full traceback, for debugging a client
@@ -151,7 +171,6 @@ class FedAnchors(Strategy):
             return []
         if not self.nodes:
             self._discover(grid)
-        self.round_bytes = [0, 0]
         counts = torch.tensor([i["n"] for i in self.info])
         self.weights = self.method.weights(counts, self.last_losses, server_round - 1)
         spaces = [i["space"] for i in self.info]
@@ -183,13 +202,14 @@ class FedAnchors(Strategy):
         for p, r in ok:
             losses[p] = float(r.content["metrics"]["loss"])
         a = self.cfg.anchors
+        stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
+        stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
+        self.last_stats = (pids, stacked)
         rec = {
             "loss": float(losses[pids].mean()),
             "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok),
         }
         if a.lambda_fit > 0 or a.lambda_sep > 0:
-            stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
-            stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
             wt = torch.tensor(w) / sum(w)
             res = fit_anchors(
                 self.anchors,
@@ -217,20 +237,23 @@ class FedAnchors(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        if self.stopped:
-            return []
+        every = self.cfg.federated.eval_every
+        if self.stopped or (server_round % every and server_round != self.cfg.federated.rounds):
+            return []  # evaluate every ``eval_every`` rounds and after the last
         return self._messages(MessageType.EVALUATE, server_round, {})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        if self.stopped:
+        self.rounds_run = max(self.rounds_run, server_round if not self.stopped else 0)
+        replies = list(replies)
+        if self.stopped or not replies:
+            self.bar.update(0 if self.stopped else 1)
             return None
         ok = self._split_replies(server_round, replies)
         out = {s: self._summarize(s, ok) for s in ("val", "test")}
-        self.bytes_sent += self.round_bytes[0]
-        self.bytes_received += self.round_bytes[1]
         record = {"round": server_round, "epoch": server_round, **self.train_record, **out["val"]}
         record.update({f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)})
         record.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
+        self.round_bytes = [0, 0]
         if self.run:
             self.run.log(record)
         if out["val"]["acc_wg"] > self.best["val_acc_wg"]:
@@ -242,7 +265,6 @@ class FedAnchors(Strategy):
                 )
         self.bar.update(1)
         self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
-        self.rounds_run = server_round
         patience = self.cfg.optim.patience
         if patience and server_round - self.best.get("round", 0) >= patience:
             self.stopped = True  # early stopping on validation acc_wg
@@ -258,7 +280,36 @@ class FedAnchors(Strategy):
             correct[p] = torch.tensor(m[f"{split}_correct"])
             total[p] = torch.tensor(m[f"{split}_total"])
             loss[p] = float(m[f"{split}_loss"])
-        return summarize(self.names, correct, total, loss)
+        return summarize(self.names, correct, total, loss, self.class_sets)
+
+    # -- DFR ------------------------------------------------------------------------
+    def run_dfr(self, grid: Grid) -> None:
+        """DFR on the server: a head fitted on codes drawn group-balanced from the clients'
+        class Gaussians (last round), one per C; each is evaluated by the clients, C is
+        picked on validation worst-group accuracy (``fedanchors.dfr`` explains the choice)."""
+        if self.last_stats is None:
+            return
+        cfg = self.cfg
+        _, st = self.last_stats
+        seed = stable_seed(cfg.seed, "dfr")
+        z, y, g = gaussian_codes(st["counts"], st["means"], st["covs"], cfg.dfr.samples_per_group, seed)
+        one = dataclasses.replace(cfg.dfr, subsets=1)  # the draw is balanced already
+        kept, rnd, results = copy.deepcopy(self.head.state_dict()), cfg.federated.rounds + 1, {}
+        for C in cfg.dfr.Cs:
+            W, b = fit_balanced(z, y, g, C, one, self.anchors.num_classes, seed)
+            self.head.load_state_dict(linear_head(W, b).state_dict())
+            replies = grid.send_and_receive(
+                self._messages(MessageType.EVALUATE, rnd, {}), timeout=cfg.federated.round_timeout
+            )
+            ok = self._split_replies(rnd, replies)
+            results[C] = (self._summarize("val", ok), self._summarize("test", ok))
+        self.head.load_state_dict(kept)
+        best = max(cfg.dfr.Cs, key=lambda c: (results[c][0]["acc_wg"], -c))
+        self.dfr_summary = {
+            "dfr_C": best,
+            **{f"dfr_val_wg:C={c}": v[0]["acc_wg"] for c, v in results.items()},
+            **{f"dfr_test_{k}": v for k, v in results[best][1].items()},
+        }
 
     def summary(self) -> None:
         log.info(
@@ -280,6 +331,7 @@ class FedAnchors(Strategy):
             "rounds_run": self.rounds_run,
             "best_val_acc_wg": self.best["val_acc_wg"],
             **{f"test_{k}": v for k, v in self.best.get("test", {}).items()},
+            **self.dfr_summary,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "wall_time_s": time.time() - self.t0,

@@ -53,3 +53,32 @@ def make_textcaps(root: Path, n_train: int = 40, n_val: int = 15, captions: int 
         name = "TextCaps_0.1_train.json" if split == "train" else "TextCaps_0.1_val.json"
         (base / name).write_text(json.dumps({"dataset_type": split, "dataset_name": "textcaps", "data": data}))
     return base
+
+
+def make_waterbirds(root: Path, per_cell: int = 2, size: int = 24) -> Path:
+    """``root/waterbird_complete95_forest2water2``: metadata.csv and JPEGs in class folders.
+
+    ``per_cell`` images for each (bird, place, split); the background colour encodes the
+    place (water blue, land green) and a central patch the bird (bright or dark), so a
+    loader that mixes up columns fails the tests.
+    """
+    from PIL import Image
+
+    base = root / "waterbird_complete95_forest2water2"
+    rows = ["img_filename,y,place,split"]
+    k = 0
+    for split in (0, 1, 2):
+        for bird in (0, 1):
+            for place in (0, 1):
+                for _ in range(per_cell):
+                    folder = base / f"{k % 3:03d}.Species_{bird}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    img = np.zeros((size, size, 3), dtype=np.uint8)
+                    img[..., 2 if place else 1] = 200
+                    img[size // 3 : 2 * size // 3, size // 3 : 2 * size // 3] = 250 if bird else 30
+                    name = f"{folder.name}/bird_{k:04d}.jpg"
+                    Image.fromarray(img).save(base / name, quality=95)
+                    rows.append(f"{name},{bird},{place},{split}")
+                    k += 1
+    (base / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root

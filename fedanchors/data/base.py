@@ -56,6 +56,8 @@ class ScenarioData:
 
     groups: list[GroupData]
     num_classes: int
+    # named class subsets reported as ``acc_<name>`` over every test sample of those classes
+    class_sets: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:

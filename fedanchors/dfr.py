@@ -1,0 +1,117 @@
+"""Deep feature reweighting (Kirichenko et al. 2023): retrain the last layer, encoders frozen.
+
+The new head is a logistic regression on latent codes from a group-balanced set
+(every group subsampled to the smallest one, averaged over several subsamples), with
+the inverse regularisation C picked on worst-group accuracy of held-out codes.
+
+Centralized mode fits it on the validation split (half to fit, half to pick C, then
+all of it with the chosen C), as the paper does. Federated mode has no pooled
+validation codes on the server: it draws an equal number of codes per group from the
+clients' class Gaussians N(mu_gc, Sigma_gc) (class proportions as in the group) and
+picks C on the clients' own validation splits (``server/strategy.py``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedanchors.config import DFRConfig
+
+
+def balanced_indices(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every group subsampled to the size of the smallest one."""
+    present = np.unique(groups)
+    n = min(int((groups == g).sum()) for g in present)
+    return np.concatenate([rng.choice(np.flatnonzero(groups == g), n, replace=False) for g in present])
+
+
+def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """L1 logistic regression on standardised codes, folded back to logits W z + b: (K, d), (K,)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = z.mean(0), z.std(0) + 1e-6
+    clf = LogisticRegression(penalty="l1", C=C, solver="liblinear", random_state=seed % 2**32, max_iter=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit((z - mean) / std, y)
+    coef, icpt = clf.coef_ / std, clf.intercept_ - (clf.coef_ / std) @ mean
+    W, b = np.zeros((num_classes, z.shape[1])), np.full(num_classes, -1e4)  # classes never seen: never predicted
+    if len(clf.classes_) == 2:  # one decision function: class 1 against class 0
+        W[clf.classes_[1]], b[clf.classes_[1]] = coef[0], icpt[0]
+        b[clf.classes_[0]] = 0.0
+    else:
+        W[clf.classes_], b[clf.classes_] = coef, icpt
+    return W, b
+
+
+def fit_balanced(
+    z: np.ndarray, y: np.ndarray, g: np.ndarray, C: float, cfg: DFRConfig, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average of ``cfg.subsets`` logistic regressions, each on a fresh group-balanced subsample."""
+    rng = np.random.default_rng(seed)
+    fits = []
+    for k in range(cfg.subsets):
+        idx = balanced_indices(g, rng)
+        fits.append(fit_logreg(z[idx], y[idx], C, num_classes, seed + k))
+    return np.mean([f[0] for f in fits], 0), np.mean([f[1] for f in fits], 0)
+
+
+def linear_head(W: np.ndarray, b: np.ndarray) -> nn.Linear:
+    """An ``nn.Linear`` computing W z + b (the shape of the ``linear`` head)."""
+    head = nn.Linear(W.shape[1], W.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+        head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+    return head
+
+
+def worst_group_accuracy(W: np.ndarray, b: np.ndarray, z: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
+    hit = (z @ W.T + b).argmax(1) == y
+    return float(min(hit[g == k].mean() for k in np.unique(g)))
+
+
+def select_and_fit(
+    z: np.ndarray, y: np.ndarray, g: np.ndarray, cfg: DFRConfig, num_classes: int, seed: int
+) -> tuple[float, dict[float, float], np.ndarray, np.ndarray]:
+    """Pick C on held-out worst-group accuracy (fit on one half of each group, score on the
+    other), refit on everything with it. Returns (C, {C: wg acc}, W, b)."""
+    rng = np.random.default_rng(seed)
+    first = np.zeros(len(y), dtype=bool)
+    for k in np.unique(g):
+        rows = rng.permutation(np.flatnonzero(g == k))
+        first[rows[: len(rows) // 2]] = True
+    scores = {}
+    for C in cfg.Cs:
+        W, b = fit_balanced(z[first], y[first], g[first], C, cfg, num_classes, seed)
+        scores[C] = worst_group_accuracy(W, b, z[~first], y[~first], g[~first])
+    best = max(cfg.Cs, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    W, b = fit_balanced(z, y, g, best, cfg, num_classes, seed)
+    return best, scores, W, b
+
+
+def gaussian_codes(
+    counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, per_group: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``per_group`` codes per group from its class Gaussians, classes in proportion.
+
+    counts (G, C), means (G, C, d), covs (G, C, d, d) -> codes, labels, groups.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    zs, ys, gs = [], [], []
+    d = means.shape[-1]
+    for k in range(counts.shape[0]):
+        share = counts[k].double() / counts[k].sum()
+        n_c = torch.floor(share * per_group).long()
+        n_c[int(share.argmax())] += per_group - int(n_c.sum())
+        for c in torch.nonzero(n_c).squeeze(1).tolist():
+            L = torch.linalg.cholesky(covs[k, c].double() + 1e-6 * torch.eye(d, dtype=torch.float64))
+            eps = torch.randn(int(n_c[c]), d, generator=gen, dtype=torch.float64)
+            zs.append((means[k, c].double() + eps @ L.T).numpy())
+            ys.append(np.full(int(n_c[c]), c))
+            gs.append(np.full(int(n_c[c]), k))
+    return np.concatenate(zs), np.concatenate(ys), np.concatenate(gs)
