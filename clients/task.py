@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,19 +32,56 @@ def scenario(cfg: Config) -> ScenarioData:
     return _DATA[key]
 
 
-class ClientModel:
-    """This node's encoder (and optimizer state) restored from context.state, plus head and anchors."""
+class ClientState:
+    """Where a client's private state (encoder, optimizer) lives between rounds.
 
-    def __init__(self, cfg: Config, group: GroupData, num_classes: int, context: Context) -> None:
-        self.cfg, self.group, self.context = cfg, group, context
+    With a run directory (``state_dir`` in the message config) it is one file per
+    round, ``<run>/clients/<partition>/r<round>.pt``: training in round r starts from the
+    newest file of a round < r, so a run resumed after a kill repeats round r exactly.
+    The run directory must then be on a filesystem every node sees. Without one
+    (``flwr run``, the in-process tests) it is Flower's ``context.state``.
+    """
+
+    KEEP = 2
+
+    def __init__(self, context: Context, state_dir: str, pid: int) -> None:
+        self.context = context
+        self.dir = Path(state_dir) / str(pid) if state_dir else None
+
+    def _rounds(self) -> list[int]:
+        return sorted(int(p.stem[1:]) for p in self.dir.glob("r*.pt")) if self.dir and self.dir.is_dir() else []
+
+    def load(self, upto: int) -> bytes | None:
+        """The state saved by the newest round <= ``upto``."""
+        if self.dir is None:
+            return self.context.state["client"]["blob"] if "client" in self.context.state else None
+        rounds = [r for r in self._rounds() if r <= upto]
+        return (self.dir / f"r{rounds[-1]}.pt").read_bytes() if rounds else None
+
+    def save(self, blob: bytes, rnd: int) -> None:
+        if self.dir is None:
+            self.context.state["client"] = ConfigRecord({"blob": blob})
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"r{rnd}.pt.tmp"
+        tmp.write_bytes(blob)
+        os.replace(tmp, self.dir / f"r{rnd}.pt")
+        for old in self._rounds()[: -self.KEEP]:
+            (self.dir / f"r{old}.pt").unlink(missing_ok=True)
+
+
+class ClientModel:
+    """This node's encoder (and optimizer state) restored from its ClientState, plus head and anchors."""
+
+    def __init__(self, cfg: Config, group: GroupData, num_classes: int, blob: bytes | None) -> None:
+        self.cfg, self.group = cfg, group
         self.device = resolve_device(cfg.device)
         m, a = cfg.model, cfg.anchors
         self.encoder = build_encoder(m, group.space, group.shape, cfg.seed, group.meta).to(self.device)
         self.head = build_head(m, num_classes, cfg.seed).to(self.device)
         self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed).to(self.device)
         self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
-        if "client" in context.state:
-            blob = context.state["client"]["blob"]
+        if blob is not None:
             state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
             self.encoder.load_state_dict(state["encoder"])
             self.opt.load_state_dict(state["opt"])
@@ -55,11 +94,11 @@ class ClientModel:
         if enc:
             self.encoder.load_state_dict(enc)
 
-    def save(self) -> None:
-        """Persist encoder and optimizer state on this node (never sent)."""
+    def blob(self) -> bytes:
+        """Encoder and optimizer state, to keep on this node (never sent)."""
         buf = io.BytesIO()
         torch.save({"encoder": self.encoder.state_dict(), "opt": self.opt.state_dict()}, buf)
-        self.context.state["client"] = ConfigRecord({"blob": buf.getvalue()})
+        return buf.getvalue()
 
     @torch.no_grad()
     def class_stats(self, running: tuple | None = None) -> dict[str, np.ndarray]:
@@ -86,21 +125,22 @@ def _is_stock(msg: Message) -> bool:
     return "arrays" in msg.content.array_records
 
 
-def _setup(msg: Message, context: Context, cfg: Config) -> tuple[int, int, ScenarioData]:
+def _setup(msg: Message, context: Context, cfg: Config) -> tuple[int, int, ScenarioData, ClientState]:
     pid = int(context.node_config["partition-id"])
     conf = msg.content["config"]
     rnd = int(conf["server-round"] if _is_stock(msg) else conf["round"])
     seed_everything(stable_seed(cfg.seed, "client", pid, rnd), cfg.deterministic)
-    return pid, rnd, scenario(cfg)
+    state_dir = "" if _is_stock(msg) else str(conf.get("state_dir", ""))
+    return pid, rnd, scenario(cfg), ClientState(context, state_dir, pid)
 
 
 def train(msg: Message, context: Context, cfg: Config) -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
-    pid, rnd, data = _setup(msg, context, cfg)
+    pid, rnd, data, store = _setup(msg, context, cfg)
     group = data.groups[pid]
     if pid == cfg.federated.fault_partition and rnd == cfg.federated.fault_round:
         raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.fault_*)")
-    model = ClientModel(cfg, group, data.num_classes, context)
+    model = ClientModel(cfg, group, data.num_classes, store.load(rnd - 1))
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
@@ -126,7 +166,7 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         num_classes=data.num_classes if (not stock and f.class_stats == "running") else 0,
         batch_size=cfg.optim.group_batch.get(group.name, 0),
     )
-    model.save()
+    store.save(model.blob(), rnd)
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
         arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
@@ -142,8 +182,8 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
 
 def evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     """Per-class correct/total and summed loss on val and test with the global head."""
-    pid, _, data = _setup(msg, context, cfg)
-    model = ClientModel(cfg, data.groups[pid], data.num_classes, context)
+    pid, rnd, data, store = _setup(msg, context, cfg)
+    model = ClientModel(cfg, data.groups[pid], data.num_classes, store.load(rnd))
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
     out: dict = {"partition": pid}

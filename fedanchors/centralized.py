@@ -23,6 +23,15 @@ from fedanchors.dfr import linear_head, select_and_fit
 from fedanchors.methods import Method, build_method
 from fedanchors.metrics import split_counts, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.resume import (
+    Interrupted,
+    StopFlag,
+    global_rng_state,
+    load,
+    save_atomic,
+    set_global_rng_state,
+    truncate_metrics,
+)
 from fedanchors.rundir import RunDir, resolve_device, seed_everything
 from fedanchors.train import (
     GroupCycler,
@@ -164,36 +173,85 @@ class CentralizedTrainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "method": self.method.state_dict()}
 
+    def resume_state(self) -> dict:
+        """Everything the next epoch depends on: weights, optimizer, q and every generator."""
+        return {
+            **self.state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "sep_gen": self.sep_gen.get_state(),
+            "cyclers": [c.order for c in self.cyclers],
+            "rng": global_rng_state(),
+        }
 
-def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
-    """Train for ``optim.epochs``, validate each epoch, test the best-``acc_wg`` checkpoint."""
+    def load_resume_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+        self.sep_gen.set_state(state["sep_gen"])
+        for c, order in zip(self.cyclers, state["cyclers"]):
+            c.order = order
+        set_global_rng_state(state["rng"])
+
+
+def run_centralized(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:
+    """Train for ``optim.epochs``, validate each epoch, test the best-``acc_wg`` checkpoint.
+
+    Each epoch ends with ``checkpoints/resume.pt``; ``resume=True`` continues from it.
+    Ctrl-C stops after the current epoch's checkpoint (``Interrupted``).
+    """
     t0 = time.time()
     tr = CentralizedTrainer(cfg, data)
-    best, best_epoch = -1.0, 0
+    best, best_epoch, start, elapsed = -1.0, 0, 1, 0.0
+    if resume:
+        state = load(run.checkpoint("resume.pt"), tr.device)
+        tr.load_resume_state(state["trainer"])
+        best, best_epoch, elapsed = state["best"], state["best_epoch"], state["elapsed"]
+        start = state["epoch"] + 1
+        truncate_metrics(run.path, "epoch", state["epoch"])
     bar = tqdm(
-        range(1, cfg.optim.epochs + 1),
+        range(start, cfg.optim.epochs + 1),
         desc=f"{cfg.name} centralized",
         unit="epoch",
         disable=None if cfg.progress else True,
     )
-    for epoch in bar:
-        sums: dict[str, float] = {}
-        steps = tr.epoch_batches()
-        for idx in steps:
-            for k, v in tr.train_step(idx, epoch - 1).items():
-                sums[k] = sums.get(k, 0.0) + v
-        val = tr.evaluate("val")
-        record = {"epoch": epoch, **{k: v / len(steps) for k, v in sums.items()}, **val}
-        record.update(anchor_w2(dict(tr.model.encoders), tr.model.anchors, data))
-        record.update({f"q:{n}": float(q) for n, q in zip(data.names, tr.method.q)})
-        run.log(record)
-        if val["acc_wg"] > best:
-            best, best_epoch = val["acc_wg"], epoch
-            torch.save(tr.state_dict(), run.checkpoint("best.pt"))
-        bar.set_postfix(val_acc_wg=f"{val['acc_wg']:.3f}")
-        if cfg.optim.patience and epoch - best_epoch >= cfg.optim.patience:
-            break  # early stopping on validation acc_wg
-    torch.save(tr.state_dict(), run.checkpoint("last.pt"))
+    epoch = start - 1
+    stopped = resume and state.get("stopped", False)
+    with StopFlag() as stop:
+        for epoch in bar if not stopped else []:
+            sums: dict[str, float] = {}
+            steps = tr.epoch_batches()
+            for idx in steps:
+                for k, v in tr.train_step(idx, epoch - 1).items():
+                    sums[k] = sums.get(k, 0.0) + v
+            val = tr.evaluate("val")
+            record = {"epoch": epoch, **{k: v / len(steps) for k, v in sums.items()}, **val}
+            record.update(anchor_w2(dict(tr.model.encoders), tr.model.anchors, data))
+            record.update({f"q:{n}": float(q) for n, q in zip(data.names, tr.method.q)})
+            run.log(record)
+            if val["acc_wg"] > best:
+                best, best_epoch = val["acc_wg"], epoch
+                save_atomic(tr.state_dict(), run.checkpoint("best.pt"))
+            bar.set_postfix(val_acc_wg=f"{val['acc_wg']:.3f}")
+            stopped = bool(cfg.optim.patience and epoch - best_epoch >= cfg.optim.patience)
+            resume_state = {
+                "trainer": tr.resume_state(),
+                "epoch": epoch,
+                "best": best,
+                "best_epoch": best_epoch,
+                "stopped": stopped,
+                "elapsed": elapsed + time.time() - t0,
+            }
+            save_atomic(resume_state, run.checkpoint("resume.pt"))
+            if stop.requested and epoch < cfg.optim.epochs and not stopped:
+                raise Interrupted(
+                    f"interrupted after epoch {epoch}, checkpoint written; continue with "
+                    f"python -m fedanchors.simulate --resume {run.path}"
+                )
+            if stopped:
+                break  # early stopping on validation acc_wg
+    save_atomic(tr.state_dict(), run.checkpoint("last.pt"))
     state = torch.load(run.checkpoint("best.pt"), map_location=tr.device, weights_only=True)
     tr.model.load_state_dict(state["model"])
     test = tr.evaluate("test")
@@ -207,7 +265,7 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
         "best_val_acc_wg": best,
         **{f"test_{k}": v for k, v in test.items()},
         **dfr,
-        "wall_time_s": time.time() - t0,
+        "wall_time_s": elapsed + time.time() - t0,
         "device": str(tr.device),
     }
     run.write_summary(summary)

@@ -120,6 +120,16 @@ class FederatedConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Trackers beside metrics.jsonl (which is always written)."""
+
+    wandb: bool = False
+    wandb_mode: str = "offline"  # offline needs no network; `wandb sync` uploads later
+    wandb_project: str = "fedanchors"
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
 class DFRConfig:
     """Deep feature reweighting after training: a new last layer on group-balanced codes."""
 
@@ -147,6 +157,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     dfr: DFRConfig = field(default_factory=DFRConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 _CHOICES = {
@@ -155,6 +166,7 @@ _CHOICES = {
     "method.objective": ("weighted", "max", "logsumexp"),
     "optim.name": ("adam", "sgd"),
     "federated.class_stats": ("running", "exact"),
+    "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 
 

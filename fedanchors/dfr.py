@@ -29,13 +29,26 @@ def balanced_indices(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.concatenate([rng.choice(np.flatnonzero(groups == g), n, replace=False) for g in present])
 
 
+def _l1() -> dict:
+    """An L1 penalty, spelled as the installed scikit-learn wants it (``penalty`` is deprecated in 1.8)."""
+    import sklearn
+
+    major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
+    return {"l1_ratio": 1.0} if (major, minor) >= (1, 8) else {"penalty": "l1"}
+
+
+L1 = _l1()
+
+
 def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """L1 logistic regression on standardised codes, folded back to logits W z + b: (K, d), (K,)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     mean, std = z.mean(0), z.std(0) + 1e-6
-    clf = LogisticRegression(penalty="l1", C=C, solver="liblinear", random_state=seed % 2**32, max_iter=500)
+    binary = len(np.unique(y)) <= 2  # liblinear is binary only; saga fits the multinomial L1 model
+    solver = "liblinear" if binary else "saga"
+    clf = LogisticRegression(C=C, solver=solver, random_state=seed % 2**32, max_iter=500 if binary else 2000, **L1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit((z - mean) / std, y)

@@ -37,6 +37,7 @@ class RunDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.trackers: list = []  # wandb / TensorBoard (fedanchors.tracking), fed by ``log``
 
     @classmethod
     def create(cls, cfg: Config) -> RunDir:
@@ -60,10 +61,28 @@ class RunDir:
         save_config(cfg, path / "config.yaml")
         return cls(path)
 
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDir:
+        """An existing run directory (for --resume); one without config.yaml is an error."""
+        p = Path(path)
+        if not (p / "config.yaml").is_file():
+            raise ConfigError(f"{p} is not a fedanchors run directory (no config.yaml); pass the directory of a run")
+        return cls(p)
+
     def log(self, record: dict[str, Any]) -> None:
-        """Append one line to metrics.jsonl."""
+        """Append one line to metrics.jsonl, and pass the record to the trackers."""
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
+        for t in self.trackers:
+            t.log(record)
+
+    def close_trackers(self, images: dict[str, Path], step: int) -> None:
+        """Give the trackers the run's images, then close them."""
+        for t in self.trackers:
+            if images:
+                t.images(images, step)
+            t.finish()
+        self.trackers = []
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write summary.json atomically."""

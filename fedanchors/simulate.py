@@ -11,8 +11,9 @@ import json
 import os
 import sys
 
-from fedanchors.config import Config, load_config
-from fedanchors.errors import FedAnchorsError
+from fedanchors.config import Config, load_config, replace, to_dict
+from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.resume import Interrupted
 
 EXIT_USER_ERROR = 2
 
@@ -24,6 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare",
         action="store_true",
         help="run the config in both modes (same seed and sample budget) and compare them",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (its config.yaml is used)",
     )
     p.add_argument(
         "--set",
@@ -48,27 +54,88 @@ def check_against_data(cfg: Config, data) -> None:
 def run(cfg: Config) -> dict:
     """Run ``cfg`` in its mode; returns the summary (also written to summary.json)."""
     from fedanchors.data import build_scenario
-    from fedanchors.plots import plot_run
     from fedanchors.rundir import RunDir
-    from fedanchors.samples import save_group_samples
 
-    if cfg.mode == "federated":
-        # The Flower layer lives outside the library (which never imports flwr); it
-        # validates resources before any run directory is made.
-        federated = importlib.import_module("server.simulation")
-        federated.check_resources(cfg)
+    federated = _federated(cfg)
     data = build_scenario(cfg.data)
     check_against_data(cfg, data)
-    run_dir = RunDir.create(cfg)
-    save_group_samples(data, run_dir.path)
-    if cfg.mode == "federated":
-        summary = federated.run_federated(cfg, data, run_dir)
-    else:
-        from fedanchors.centralized import run_centralized
+    return _execute(cfg, data, RunDir.create(cfg), federated, resume=False)
 
-        summary = run_centralized(cfg, data, run_dir)
-    summary["run_dir"] = str(run_dir.path)
-    plot_run(run_dir.path)
+
+def resume(path: str, config: str | None, overrides: list[str]) -> dict:
+    """Continue the run in ``path`` from its last checkpoint (same config, same numbers)."""
+    from fedanchors.data import build_scenario
+    from fedanchors.rundir import RunDir
+
+    run_dir = RunDir.open(path)
+    cfg = load_config(run_dir.path / "config.yaml")
+    if config or overrides:
+        other = load_config(config or run_dir.path / "config.yaml", overrides)
+        if config and not other.name == cfg.name:
+            other = replace(other, [f"name={cfg.name}"])  # a file's name comes from its stem
+        diff = config_diff(cfg, other)
+        if diff:
+            raise ConfigError(
+                f"--resume {path}: the run directory holds a different config ({', '.join(diff[:5])}); "
+                "resume without --config/--set, or start a new run"
+            )
+    ckpt = run_dir.checkpoint("server_resume.pt" if cfg.mode == "federated" else "resume.pt")
+    if (run_dir.path / "summary.json").is_file():
+        raise ConfigError(f"--resume {path}: that run has finished (summary.json exists); nothing to resume")
+    if not ckpt.is_file():
+        raise ConfigError(f"--resume {path}: no checkpoint to resume from ({ckpt} is missing); start a new run")
+    federated = _federated(cfg)
+    data = build_scenario(cfg.data)
+    check_against_data(cfg, data)
+    return _execute(cfg, data, run_dir, federated, resume=True)
+
+
+def config_diff(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ, e.g. ``optim.lr: 0.001 != 0.01``."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) and v else {key: v})
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return [f"{k}: {fa.get(k)!r} != {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
+def _federated(cfg: Config):
+    if cfg.mode != "federated":
+        return None
+    # The Flower layer lives outside the library (which never imports flwr); it
+    # validates resources before any run directory is made.
+    federated = importlib.import_module("server.simulation")
+    federated.check_resources(cfg)
+    return federated
+
+
+def _execute(cfg: Config, data, run_dir, federated, resume: bool) -> dict:
+    from fedanchors.plots import plot_run
+    from fedanchors.samples import save_group_samples
+    from fedanchors.tracking import build_trackers
+
+    run_dir.trackers = build_trackers(cfg, run_dir.path)
+    images: dict = {}
+    try:
+        if not resume:
+            save_group_samples(data, run_dir.path)
+        if federated is not None:
+            summary = federated.run_federated(cfg, data, run_dir, resume=resume)
+        else:
+            from fedanchors.centralized import run_centralized
+
+            summary = run_centralized(cfg, data, run_dir, resume=resume)
+        summary["run_dir"] = str(run_dir.path)
+        plot_run(run_dir.path)
+        images = {p.stem: p for p in sorted(run_dir.path.glob("*.png"))}
+    finally:
+        last = summary.get("epochs_run", summary.get("rounds_run", 0)) if images else 0
+        run_dir.close_trackers(images, int(last or 0))
     return summary
 
 
@@ -105,19 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     args = parse_args(argv)
     try:
+        if args.resume:
+            summary = resume(args.resume, args.config, args.overrides)
+            return _print_summary(summary)
         cfg = load_config(args.config, args.overrides)
         if args.compare:
             print(run_compare(cfg))
             print(f"\nreport: {cfg.out_dir}/{cfg.name}-compare/report.md (curves: compare.png)")
             return 0
         summary = run(cfg)
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    keys = [k for k in summary if k.startswith("test_acc")] + ["wall_time_s", "device", "run_dir"]
+    return _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> int:
+    keys = [k for k in summary if k.startswith(("test_acc", "dfr_test_acc"))] + ["wall_time_s", "device", "run_dir"]
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
     return 0
 

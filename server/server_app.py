@@ -21,6 +21,8 @@ def make_server_app(
     run: RunDir | None,
     holder: dict,
     class_sets: dict[str, list[int]] | None = None,
+    resume: bool = False,
+    stop_flag=None,
 ) -> ServerApp:
     """A ServerApp whose strategy is left in ``holder["strategy"]`` for the caller."""
     app = ServerApp()
@@ -28,9 +30,12 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         strategy = FedAnchors(cfg, num_clients, num_classes, run, class_sets)
+        strategy.stop_flag = stop_flag
         holder["strategy"] = strategy
         try:
-            strategy.start(grid, ArrayRecord(), num_rounds=cfg.federated.rounds, timeout=cfg.federated.round_timeout)
+            done = strategy.resume_from(run.checkpoint("server_resume.pt")) if resume else 0
+            rounds = cfg.federated.rounds - done
+            strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=cfg.federated.round_timeout)
             if cfg.dfr.enabled:
                 strategy.run_dfr(grid)
         except Exception as e:  # surfaced by the caller as one line, not a Flower traceback

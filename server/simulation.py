@@ -11,6 +11,7 @@ import torch
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.resume import StopFlag
 from fedanchors.rundir import RunDir
 
 
@@ -46,8 +47,13 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def run_federated(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
-    """One Flower client per group, ``federated.rounds`` rounds; returns the summary."""
+def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:
+    """One Flower client per group, ``federated.rounds`` rounds; returns the summary.
+
+    Every round ends with ``checkpoints/server_resume.pt`` (clients keep theirs under
+    ``<run>/clients``); ``resume=True`` continues after the last one. Ctrl-C stops after
+    the current round's checkpoint.
+    """
     _quiet()
     from flwr.simulation import run_simulation
 
@@ -60,10 +66,17 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir) -> dict:
     holder: dict = {}
     init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **f.ray_init}
     backend = {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus}, "init_args": init_args}
-    server_app = make_server_app(cfg, len(data.groups), data.num_classes, run, holder, data.class_sets)
-    run_simulation(
-        server_app, make_client_app(cfg), num_supernodes=len(data.groups), backend_name="ray", backend_config=backend
-    )
+    with StopFlag() as stop:
+        server_app = make_server_app(
+            cfg, len(data.groups), data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
+        )
+        run_simulation(
+            server_app,
+            make_client_app(cfg),
+            num_supernodes=len(data.groups),
+            backend_name="ray",
+            backend_config=backend,
+        )
     if "error" in holder:
         err = holder["error"]
         raise err if isinstance(err, FedAnchorsError) else FedAnchorsError(f"federated run failed: {err}")

@@ -29,6 +29,7 @@ from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
 from fedanchors.metrics import summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.resume import Interrupted, global_rng_state, load, save_atomic, set_global_rng_state, truncate_metrics
 from fedanchors.rundir import RunDir
 
 log = logging.getLogger("fedanchors.server")
@@ -63,6 +64,8 @@ class FedAnchors(Strategy):
         self.round_bytes = [0, 0]
         self.stopped, self.rounds_run = False, 0
         self.last_stats: tuple[list[int], dict[str, torch.Tensor]] | None = None
+        self.offset, self.pending, self.elapsed = 0, None, 0.0  # resume: rounds already run, their state
+        self.stop_flag = None  # a fedanchors.resume.StopFlag, set by the driver
         self.dfr_summary: dict = {}
         self.t0 = time.time()
         self.bar = tqdm(
@@ -109,6 +112,14 @@ class FedAnchors(Strategy):
                     self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
                 )
 
+    def _ensure_ready(self, grid: Grid) -> None:
+        """Discover the clients once; when resuming, load the saved state after that."""
+        if not self.nodes:
+            self._discover(grid)
+            if self.pending is not None:  # the saved state, now that the groups are known
+                self._load_state(self.pending)
+                self.pending = None
+
     @property
     def names(self) -> list[str]:
         return [i["group"] for i in self.info]
@@ -121,7 +132,10 @@ class FedAnchors(Strategy):
     def _messages(self, kind: str, rnd: int, config: dict) -> list[Message]:
         out = []
         for pid, nid in sorted(self.nodes.items()):
-            conf = ConfigRecord({"round": rnd, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}})
+            extra = {"state_dir": str(self.run.path / "clients")} if self.run else {}
+            conf = ConfigRecord(
+                {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
+            )
             msg = Message(
                 RecordDict({"global": self._payload(pid), "config": conf}),
                 message_type=kind,
@@ -167,11 +181,12 @@ class FedAnchors(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        server_round += self.offset
         if self.stopped:  # early stopping: Strategy.start runs on, with nothing to send
             return []
-        if not self.nodes:
-            self._discover(grid)
-        counts = torch.tensor([i["n"] for i in self.info])
+        self._ensure_ready(grid)
+        gb = self.cfg.optim.group_batch  # fixed-ratio batches: a group counts by its share of a step
+        counts = torch.tensor([gb[i["group"]] if gb else i["n"] for i in self.info])
         self.weights = self.method.weights(counts, self.last_losses, server_round - 1)
         spaces = [i["space"] for i in self.info]
         scale = space_weights(spaces, self.weights)
@@ -181,6 +196,7 @@ class FedAnchors(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         if self.stopped:
             return None, None
         ok = self._split_replies(server_round, replies)
@@ -237,16 +253,22 @@ class FedAnchors(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        server_round += self.offset
         every = self.cfg.federated.eval_every
         if self.stopped or (server_round % every and server_round != self.cfg.federated.rounds):
             return []  # evaluate every ``eval_every`` rounds and after the last
         return self._messages(MessageType.EVALUATE, server_round, {})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        self.rounds_run = max(self.rounds_run, server_round if not self.stopped else 0)
+        server_round += self.offset
+        if self.stopped:
+            return None
+        self.rounds_run = server_round
         replies = list(replies)
-        if self.stopped or not replies:
-            self.bar.update(0 if self.stopped else 1)
+        if not replies:
+            self.bar.update(1)
+            self._save_state(server_round)
+            self._check_stop(server_round)
             return None
         ok = self._split_replies(server_round, replies)
         out = {s: self._summarize(s, ok) for s in ("val", "test")}
@@ -268,6 +290,8 @@ class FedAnchors(Strategy):
         patience = self.cfg.optim.patience
         if patience and server_round - self.best.get("round", 0) >= patience:
             self.stopped = True  # early stopping on validation acc_wg
+        self._save_state(server_round)
+        self._check_stop(server_round)
         return MetricRecord({k: float(v) for k, v in out["val"].items()})
 
     def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
@@ -282,11 +306,67 @@ class FedAnchors(Strategy):
             loss[p] = float(m[f"{split}_loss"])
         return summarize(self.names, correct, total, loss, self.class_sets)
 
+    # -- checkpoint / resume ------------------------------------------------------------
+    def _save_state(self, rnd: int) -> None:
+        """Everything the next round depends on, after round ``rnd`` (clients keep their own)."""
+        if not self.run:
+            return
+        state = {
+            "round": rnd,
+            "head": self.head.state_dict(),
+            "anchors": self.anchors.state_dict(),
+            "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
+            "method": self.method.state_dict(),
+            "last_losses": self.last_losses,
+            "sep_gen": self.sep_gen.get_state(),
+            "best": self.best,
+            "bytes": (self.bytes_sent, self.bytes_received, list(self.round_bytes)),
+            "train_record": self.train_record,
+            "last_stats": self.last_stats,
+            "stopped": self.stopped,
+            "elapsed": self.elapsed + time.time() - self.t0,
+            "rng": global_rng_state(),
+        }
+        save_atomic(state, self.run.checkpoint("server_resume.pt"))
+
+    def _check_stop(self, rnd: int) -> None:
+        """Ctrl-C (``stop_flag`` set by the driver): stop after this round's checkpoint."""
+        if self.stop_flag is not None and self.stop_flag.requested and rnd < self.cfg.federated.rounds:
+            where = self.run.path if self.run else "<run dir>"
+            raise Interrupted(
+                f"interrupted after round {rnd}, checkpoint written; continue with "
+                f"python -m fedanchors.simulate --resume {where}"
+            )
+
+    def resume_from(self, path) -> int:
+        """Load a saved server state; returns the round it was taken after."""
+        state = load(path)
+        self.pending, self.offset = state, state["round"]
+        self.stopped, self.best, self.rounds_run = state["stopped"], state["best"], state["round"]
+        self.elapsed = state["elapsed"]
+        self.bar.update(state["round"])
+        if self.run:
+            truncate_metrics(self.run.path, "round", state["round"])
+        return state["round"]
+
+    def _load_state(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.anchors.load_state_dict(state["anchors"])
+        for k, e in self.encoders.items():
+            e.load_state_dict(state["encoders"][k])
+        self.method.load_state_dict(state["method"])
+        self.last_losses = state["last_losses"]
+        self.sep_gen.set_state(state["sep_gen"])
+        self.bytes_sent, self.bytes_received, self.round_bytes = state["bytes"]
+        self.train_record, self.last_stats = state["train_record"], state["last_stats"]
+        set_global_rng_state(state["rng"])
+
     # -- DFR ------------------------------------------------------------------------
     def run_dfr(self, grid: Grid) -> None:
         """DFR on the server: a head fitted on codes drawn group-balanced from the clients'
         class Gaussians (last round), one per C; each is evaluated by the clients, C is
         picked on validation worst-group accuracy (``fedanchors.dfr`` explains the choice)."""
+        self._ensure_ready(grid)
         if self.last_stats is None:
             return
         cfg = self.cfg
@@ -334,6 +414,6 @@ class FedAnchors(Strategy):
             **self.dfr_summary,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
-            "wall_time_s": time.time() - self.t0,
+            "wall_time_s": self.elapsed + time.time() - self.t0,
             "device": "cpu" if self.cfg.federated.num_gpus == 0 else "cuda",
         }
