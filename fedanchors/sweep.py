@@ -102,7 +102,7 @@ def table(results: list[tuple[dict, dict]]) -> str:
         test = _stats([r.get("test_acc_wg") for r in runs])
         acc = _stats([r.get("test_acc_all") for r in runs])
         rows.append((val, test, acc, key, len(runs)))
-    rows.sort(key=lambda r: -r[0][0] if not math.isnan(r[0][0]) else math.inf)
+    rows.sort(key=lambda r: (-r[0][0] if not math.isnan(r[0][0]) else math.inf, " ".join(r[3])))  # ties: by name
     lines = [
         "| point | seeds | val acc_wg | test acc_wg | test acc_all |",
         "|---|---|---|---|---|",

@@ -1,0 +1,63 @@
+"""Sweeps: every point runs once into a hash-named directory; the table pools seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from fedanchors import sweep
+from fedanchors.config import save_config
+from tests.conftest import small_config
+
+
+@pytest.mark.slow
+def test_sweep_runs_each_point_once_and_tabulates(tmp_path, capsys):
+    cfg = small_config(tmp_path, optim={"epochs": 2})
+    save_config(cfg, tmp_path / "base.yaml")
+    args = ["--config", str(tmp_path / "base.yaml"), "--grid", "optim.lr=0.01,0.001"]
+    args += ["--grid", "method.name=erm,groupdro", "--seeds", "2", "--out", str(tmp_path / "sw")]
+    assert sweep.main(args) == 0
+    first = capsys.readouterr()
+    dirs = sorted(p for p in (tmp_path / "sw").iterdir() if p.is_dir())
+    assert len(dirs) == 8 and all((d / "done").is_file() for d in dirs)
+    assert "8 point(s) run, 0 skipped" in first.err
+
+    assert sweep.main(args) == 0  # the relaunch runs nothing new
+    second = capsys.readouterr()
+    assert "0 point(s) run, 8 skipped" in second.err
+    assert second.out == first.out
+    assert len([p for p in (tmp_path / "sw").iterdir() if p.is_dir()]) == 8
+
+    # the table: one row per grid point, mean and std over its two seeds, best first
+    by_point: dict[str, list[dict]] = {}
+    for d in dirs:
+        overrides = json.loads((d / "point.json").read_text())
+        key = " ".join(o for o in overrides if not o.startswith("seed="))
+        by_point.setdefault(key, []).append(json.loads((d / "summary.json").read_text()))
+    assert all(len(v) == 2 for v in by_point.values()) and len(by_point) == 4
+    rows = [line for line in first.out.splitlines() if line.startswith("| optim.lr")]
+    expected = sorted(
+        ((statistics.mean(r["best_val_acc_wg"] for r in runs), key, runs) for key, runs in by_point.items()),
+        key=lambda t: (-t[0], t[1]),
+    )
+    assert len(rows) == 4
+    for row, (mean, key, runs) in zip(rows, expected):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == key and cells[1] == "2"
+        std = statistics.stdev(r["best_val_acc_wg"] for r in runs)
+        assert cells[2] == f"{mean:.4f} ± {std:.4f}"
+        test_mean = statistics.mean(r["test_acc_wg"] for r in runs)
+        assert cells[3].startswith(f"{test_mean:.4f}")
+
+
+def test_sweep_rejects_a_bad_grid_before_running(tmp_path, capsys):
+    cfg = small_config(tmp_path)
+    save_config(cfg, tmp_path / "base.yaml")
+    code = sweep.main(
+        ["--config", str(tmp_path / "base.yaml"), "--grid", "optim.lrr=0.1,0.2", "--out", str(tmp_path / "sw")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "optim.lrr" in err[0] and "optim.lr" in err[0]
+    assert not any((tmp_path / "sw").glob("*/done"))
