@@ -2,7 +2,8 @@
 
 Every point of the product (grid values x seeds x modes) runs in its own directory
 ``<out>/<hash>``, the hash taken over the base config and the point's overrides; a
-finished point holds a ``done`` marker and a relaunch skips it. The sweep ends with a
+finished point holds a ``done`` marker and a relaunch skips it (an interrupted one
+resumes from its checkpoint). The sweep ends with a
 table sorted by the mean validation ``acc_wg`` over seeds (``<out>/sweep.md``).
 
 ``--config`` takes a run config, or a sweep file with a ``sweep:`` section::
@@ -66,18 +67,22 @@ def points(base: Config, grid: dict[str, list], seeds: int, modes: list[str]) ->
 
 def run_point(base: Config, point: dict, out: Path) -> dict:
     """Run one point unless its ``done`` marker exists; returns its summary."""
-    from fedanchors.simulate import run
+    from fedanchors.simulate import resume, run
 
     d = out / point["hash"]
     if (d / DONE).is_file():
         return json.loads((d / "summary.json").read_text()) | {"skipped": True}
-    if d.exists():  # an interrupted attempt: kept aside, never overwritten
-        k = 1
-        while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
-            k += 1
-        shutil.move(str(d), aside)
     cfg = replace(base, [*point["overrides"], f"name={point['hash']}", f"out_dir={out}", "progress=false"])
-    summary = run(cfg)
+    ckpt = d / "checkpoints" / ("server_resume.pt" if cfg.mode == "federated" else "resume.pt")
+    if d.exists() and ckpt.is_file() and not (d / "summary.json").exists():
+        summary = resume(str(d), None, [])  # an interrupted point continues from its checkpoint
+    else:
+        if d.exists():  # an attempt that left no checkpoint: kept aside, never overwritten
+            k = 1
+            while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
+                k += 1
+            shutil.move(str(d), aside)
+        summary = run(cfg)
     (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
     (d / DONE).write_text("")
     return summary | {"skipped": False}
