@@ -13,7 +13,7 @@ from fedanchors.methods import METHODS
 from fedanchors.models import ENCODERS, HEADS, build_anchors, build_encoder, build_head
 
 from .conftest import small_config
-from .fixtures import make_textcaps
+from .fixtures import make_textcaps, make_waterbirds
 
 TEXT = {"bow_mlp", "char_cnn", "transformer"}
 GRIDS = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 32, 63)]  # images and a log-mel spectrogram
@@ -83,8 +83,11 @@ def test_scenario_and_method_take_three_finite_steps(tmp_path, scenario, method,
                 "encoder": {"kind": "cnn", "channels": [8], "hidden": 32},
             }
         }
+    if scenario == "waterbirds":  # not available here either: a generated fixture in its layout
+        root = make_waterbirds(tmp_path, per_cell=4)
     cfg = scenario_config(tmp_path, scenario, root)
-    cfg = small_config(tmp_path, data=dict(cfg.data.__dict__), method={"name": method}, **extra)
+    data_cfg = dict(cfg.data.__dict__, options={"size": 16} if scenario == "waterbirds" else {})
+    cfg = small_config(tmp_path, data=data_cfg, method={"name": method}, **extra)
     data = build_scenario(cfg.data)
     assert len(data.groups) >= 2 and len({g.space for g in data.groups}) >= 1
     tr = CentralizedTrainer(cfg, data)
