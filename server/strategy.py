@@ -132,7 +132,7 @@ class FedAnchors(Strategy):
     def _messages(self, kind: str, rnd: int, config: dict) -> list[Message]:
         out = []
         for pid, nid in sorted(self.nodes.items()):
-            extra = {"state_dir": str(self.run.path / "clients")} if self.run else {}
+            extra = {"state_dir": str(self.run.path.resolve() / "clients")} if self.run else {}
             conf = ConfigRecord(
                 {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
             )
