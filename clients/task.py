@@ -145,11 +145,12 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     model.load_global(msg.content["arrays" if stock else "global"])
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
     f = cfg.federated
-    sizes = [len(g.train) for g in data.groups]
-    if cfg.optim.group_batch:  # fixed-ratio batches: every client takes the same number of steps
-        steps = f.local_steps or f.local_epochs * steps_per_epoch(sizes, data.names, cfg.optim)
+    if f.local_steps:
+        steps = f.local_steps
+    elif cfg.optim.group_batch:  # fixed-ratio batches: every client takes the same number of steps
+        steps = f.local_epochs * steps_per_epoch([len(g.train) for g in data.groups], data.names, cfg.optim)
     else:
-        steps = f.local_steps or f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
+        steps = f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
     res = local_train(
         model.encoder,

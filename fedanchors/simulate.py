@@ -71,7 +71,7 @@ def resume(path: str, config: str | None, overrides: list[str]) -> dict:
     cfg = load_config(run_dir.path / "config.yaml")
     if config or overrides:
         other = load_config(config or run_dir.path / "config.yaml", overrides)
-        if config and not other.name == cfg.name:
+        if config and other.name != cfg.name:
             other = replace(other, [f"name={cfg.name}"])  # a file's name comes from its stem
         diff = config_diff(cfg, other)
         if diff:

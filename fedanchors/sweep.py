@@ -96,6 +96,10 @@ def _stats(xs: list[float]) -> tuple[float, float]:
     return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
 
 
+def _cell(stats: tuple[float, float]) -> str:
+    return f"{stats[0]:.4f} ± {stats[1]:.4f}"
+
+
 def table(results: list[tuple[dict, dict]]) -> str:
     """Markdown: one row per grid point (seeds pooled), sorted by mean validation acc_wg."""
     groups: dict[tuple, list[dict]] = {}
@@ -113,8 +117,7 @@ def table(results: list[tuple[dict, dict]]) -> str:
         "|---|---|---|---|---|",
     ]
     for val, test, acc, key, n in rows:
-        cell = lambda s: f"{s[0]:.4f} ± {s[1]:.4f}"  # noqa: E731
-        lines.append(f"| {' '.join(key)} | {n} | {cell(val)} | {cell(test)} | {cell(acc)} |")
+        lines.append(f"| {' '.join(key)} | {n} | {_cell(val)} | {_cell(test)} | {_cell(acc)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,7 +63,7 @@ class FedAnchors(Strategy):
         self.bytes_sent = self.bytes_received = 0
         self.round_bytes = [0, 0]
         self.stopped, self.rounds_run = False, 0
-        self.last_stats: tuple[list[int], dict[str, torch.Tensor]] | None = None
+        self.last_stats: dict[str, torch.Tensor] | None = None  # the last round's class statistics
         self.offset, self.pending, self.elapsed = 0, None, 0.0  # resume: rounds already run, their state
         self.stop_flag = None  # a fedanchors.resume.StopFlag, set by the driver
         self.dfr_summary: dict = {}
@@ -220,7 +220,7 @@ class FedAnchors(Strategy):
         a = self.cfg.anchors
         stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
         stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
-        self.last_stats = (pids, stacked)
+        self.last_stats = stacked
         rec = {
             "loss": float(losses[pids].mean()),
             "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok),
@@ -264,12 +264,15 @@ class FedAnchors(Strategy):
         if self.stopped:
             return None
         self.rounds_run = server_round
-        replies = list(replies)
-        if not replies:
-            self.bar.update(1)
-            self._save_state(server_round)
-            self._check_stop(server_round)
-            return None
+        replies = list(replies)  # empty on rounds that skip evaluation (federated.eval_every)
+        val = self._record_evaluation(server_round, replies) if replies else None
+        self.bar.update(1)
+        self._save_state(server_round)
+        self._check_stop(server_round)
+        return None if val is None else MetricRecord({k: float(v) for k, v in val.items()})
+
+    def _record_evaluation(self, server_round: int, replies: list[Message]) -> dict[str, float]:
+        """Log the round's validation metrics, track the best round, apply early stopping."""
         ok = self._split_replies(server_round, replies)
         out = {s: self._summarize(s, ok) for s in ("val", "test")}
         record = {"round": server_round, "epoch": server_round, **self.train_record, **out["val"]}
@@ -285,14 +288,11 @@ class FedAnchors(Strategy):
                     {"head": self.head.state_dict(), "anchors": self.anchors.state_dict(), "q": self.method.q},
                     self.run.checkpoint("best_server.pt"),
                 )
-        self.bar.update(1)
         self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
         patience = self.cfg.optim.patience
         if patience and server_round - self.best.get("round", 0) >= patience:
             self.stopped = True  # early stopping on validation acc_wg
-        self._save_state(server_round)
-        self._check_stop(server_round)
-        return MetricRecord({k: float(v) for k, v in out["val"].items()})
+        return out["val"]
 
     def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
         G, C = len(self.info), self.anchors.num_classes
@@ -370,7 +370,7 @@ class FedAnchors(Strategy):
         if self.last_stats is None:
             return
         cfg = self.cfg
-        _, st = self.last_stats
+        st = self.last_stats
         seed = stable_seed(cfg.seed, "dfr")
         z, y, g = gaussian_codes(st["counts"], st["means"], st["covs"], cfg.dfr.samples_per_group, seed)
         one = dataclasses.replace(cfg.dfr, subsets=1)  # the draw is balanced already
