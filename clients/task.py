@@ -38,8 +38,9 @@ class ClientState:
     With a run directory (``state_dir`` in the message config) it is one file per
     round, ``<run>/clients/<partition>/r<round>.pt``: training in round r starts from the
     newest file of a round < r, so a run resumed after a kill repeats round r exactly.
-    The run directory must then be on a filesystem every node sees. Without one
-    (``flwr run``, the in-process tests) it is Flower's ``context.state``.
+    The run directory must then be on a filesystem every node sees. Without one (a
+    strategy built without a run directory, as in the in-process tests, or a stock Flower
+    strategy) it is Flower's ``context.state``.
     """
 
     KEEP = 2
