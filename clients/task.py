@@ -43,8 +43,6 @@ class ClientState:
     strategy) it is Flower's ``context.state``.
     """
 
-    KEEP = 2
-
     def __init__(self, context: Context, state_dir: str, pid: int) -> None:
         self.context = context
         self.dir = Path(state_dir) / str(pid) if state_dir else None
@@ -52,14 +50,22 @@ class ClientState:
     def _rounds(self) -> list[int]:
         return sorted(int(p.stem[1:]) for p in self.dir.glob("r*.pt")) if self.dir and self.dir.is_dir() else []
 
-    def load(self, upto: int) -> bytes | None:
-        """The state saved by the newest round <= ``upto``."""
+    def load(self, rnd: int) -> bytes | None:
+        """The state this client saved in round ``rnd`` (the server says which: the last round
+        it trained); None for 0 (a fresh client). A missing file is an error naming it, never a
+        silent restart from a fresh encoder."""
         if self.dir is None:
             return self.context.state["client"]["blob"] if "client" in self.context.state else None
-        rounds = [r for r in self._rounds() if r <= upto]
-        return (self.dir / f"r{rounds[-1]}.pt").read_bytes() if rounds else None
+        if rnd <= 0:
+            return None
+        path = self.dir / f"r{rnd}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"client state file {path} is missing (saved after round {rnd}); restore it")
+        return path.read_bytes()
 
-    def save(self, blob: bytes, rnd: int) -> None:
+    def save(self, blob: bytes, rnd: int, keep_from: int = 0) -> None:
+        """Write round ``rnd``'s state; drop files older than ``keep_from`` (the round this one
+        started from: the server never names an older one again)."""
         if self.dir is None:
             self.context.state["client"] = ConfigRecord({"blob": blob})
             return
@@ -67,14 +73,16 @@ class ClientState:
         tmp = self.dir / f"r{rnd}.pt.tmp"
         tmp.write_bytes(blob)
         os.replace(tmp, self.dir / f"r{rnd}.pt")
-        for old in self._rounds()[: -self.KEEP]:
+        for old in [r for r in self._rounds() if r < keep_from]:
             (self.dir / f"r{old}.pt").unlink(missing_ok=True)
 
 
 class ClientModel:
     """This node's encoder (and optimizer state) restored from its ClientState, plus head and anchors."""
 
-    def __init__(self, cfg: Config, group: GroupData, num_classes: int, blob: bytes | None) -> None:
+    def __init__(
+        self, cfg: Config, group: GroupData, num_classes: int, blob: bytes | None, source: str = "context.state"
+    ) -> None:
         self.cfg, self.group = cfg, group
         self.device = resolve_device(cfg.device)
         m, a = cfg.model, cfg.anchors
@@ -83,9 +91,12 @@ class ClientModel:
         self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed).to(self.device)
         self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
         if blob is not None:
-            state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
-            self.encoder.load_state_dict(state["encoder"])
-            self.opt.load_state_dict(state["opt"])
+            try:
+                state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+                self.encoder.load_state_dict(state["encoder"])
+                self.opt.load_state_dict(state["opt"])
+            except Exception as e:  # noqa: BLE001 - named in one line by the server
+                raise ValueError(f"client state of {source} cannot be loaded ({type(e).__name__}: {e})") from None
 
     def load_global(self, rec: ArrayRecord) -> None:
         """Take the server's head, anchors and (when shared) encoder."""
@@ -135,13 +146,28 @@ def _setup(msg: Message, context: Context, cfg: Config) -> tuple[int, int, Scena
     return pid, rnd, scenario(cfg), ClientState(context, state_dir, pid)
 
 
+def _fault(cfg: Config, pid: int, rnd: int) -> None:
+    """Testing aid: ``federated.fault_partition`` raises from ``fault_round`` for ``fault_rounds`` rounds."""
+    f = cfg.federated
+    if pid == f.fault_partition and f.fault_round <= rnd < f.fault_round + f.fault_rounds:
+        raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.fault_*)")
+
+
+def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: ClientState) -> ClientModel:
+    """The client's model from the state file of the round the server names (stock strategies:
+    context.state)."""
+    conf = msg.content["config"]
+    rnd = int(conf.get("state_round", 0) or 0) if not _is_stock(msg) else 0
+    source = str(store.dir / f"r{rnd}.pt") if store.dir is not None else "context.state"
+    return ClientModel(cfg, data.groups[pid], data.num_classes, store.load(rnd), source)
+
+
 def train(msg: Message, context: Context, cfg: Config) -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
     pid, rnd, data, store = _setup(msg, context, cfg)
     group = data.groups[pid]
-    if pid == cfg.federated.fault_partition and rnd == cfg.federated.fault_round:
-        raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.fault_*)")
-    model = ClientModel(cfg, group, data.num_classes, store.load(rnd - 1))
+    _fault(cfg, pid, rnd)
+    model = _model(cfg, msg, data, pid, store)
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
@@ -168,7 +194,7 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         num_classes=data.num_classes if (not stock and f.class_stats == "running") else 0,
         batch_size=cfg.optim.group_batch.get(group.name, 0),
     )
-    store.save(model.blob(), rnd)
+    store.save(model.blob(), rnd, keep_from=int(conf.get("state_round", 0) or 0) if not stock else 0)
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
         arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
@@ -185,7 +211,9 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
 def evaluate(msg: Message, context: Context, cfg: Config) -> Message:
     """Per-class correct/total and summed loss on val and test with the global head."""
     pid, rnd, data, store = _setup(msg, context, cfg)
-    model = ClientModel(cfg, data.groups[pid], data.num_classes, store.load(rnd))
+    if msg.content["config"].get("state_round") is not None:  # FedAnchors evaluation, not a stock strategy's
+        _fault(cfg, pid, rnd)
+    model = _model(cfg, msg, data, pid, store)
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
     out: dict = {"partition": pid}

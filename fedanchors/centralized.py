@@ -20,10 +20,13 @@ from fedanchors.analysis import anchor_w2, cross_group_w2
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.dfr import linear_head, select_and_fit
+from fedanchors.health import check_finite, module_tensors
 from fedanchors.methods import Method, build_method
 from fedanchors.metrics import split_counts, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.resume import (
+    RESUME_KEYS,
+    CheckpointError,
     Interrupted,
     StopFlag,
     global_rng_state,
@@ -118,11 +121,21 @@ class CentralizedTrainer:
             sep = separation_loss(m.anchors, m.head, cfg.anchors, self.sep_gen)
             loss = loss + cfg.anchors.lambda_sep * sep
             out["sep"] = float(sep.detach())
+        self.check(out, f"epoch {epoch + 1}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_and_step(self.opt, self.params, cfg.optim.grad_clip)
         self.method.step(losses, epoch)
+        self.check({"q": self.method.q}, f"epoch {epoch + 1}")
         return out
+
+    def check(self, values: dict, where: str) -> None:
+        """Stop the run (``Diverged``) when any of ``values`` is NaN or infinite."""
+        check_finite(values, where, self.cfg.optim.lr, "checkpoints/resume.pt")
+
+    def check_model(self, where: str) -> None:
+        """Every weight, buffer and anchor of the model is finite."""
+        self.check(module_tensors("", [("model", self.model)]), where)
 
     def _encode(self, xs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Latent codes per group; groups of one input space go through its encoder in one
@@ -184,15 +197,24 @@ class CentralizedTrainer:
             "rng": global_rng_state(),
         }
 
-    def load_resume_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.method.load_state_dict(state["method"])
-        self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])
-        self.sep_gen.set_state(state["sep_gen"])
-        for c, order in zip(self.cyclers, state["cyclers"]):
-            c.order = order
-        set_global_rng_state(state["rng"])
+    def load_resume_state(self, state: dict, path=None) -> None:
+        """Restore ``resume_state``; a state of another shape is a one-line ``CheckpointError``."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.method.load_state_dict(state["method"])
+            self.opt.load_state_dict(state["opt"])
+            self.gen.set_state(state["gen"])
+            self.sep_gen.set_state(state["sep_gen"])
+            if len(state["cyclers"]) != len(self.cyclers):
+                raise ValueError("group count differs")
+            for c, order in zip(self.cyclers, state["cyclers"]):
+                c.order = order
+            set_global_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"resume checkpoint {path} does not match this run's model ({reason}); start a new run"
+            ) from None
 
 
 def run_centralized(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:
@@ -205,8 +227,8 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir, resume: bool =
     tr = CentralizedTrainer(cfg, data)
     best, best_epoch, start, elapsed = -1.0, 0, 1, 0.0
     if resume:
-        state = load(run.checkpoint("resume.pt"), tr.device)
-        tr.load_resume_state(state["trainer"])
+        state = load(run.checkpoint("resume.pt"), tr.device, RESUME_KEYS, "resume checkpoint")
+        tr.load_resume_state(state["trainer"], run.checkpoint("resume.pt"))
         best, best_epoch, elapsed = state["best"], state["best_epoch"], state["elapsed"]
         start = state["epoch"] + 1
         truncate_metrics(run.path, "epoch", state["epoch"])
@@ -225,6 +247,7 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir, resume: bool =
             for idx in steps:
                 for k, v in tr.train_step(idx, epoch - 1).items():
                     sums[k] = sums.get(k, 0.0) + v
+            tr.check_model(f"epoch {epoch}")
             val = tr.evaluate("val")
             record = {"epoch": epoch, **{k: v / len(steps) for k, v in sums.items()}, **val}
             record.update(anchor_w2(dict(tr.model.encoders), tr.model.anchors, data))

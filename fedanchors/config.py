@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,30 @@ from typing import Any, Union
 import yaml
 
 from fedanchors.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3``, ``1E5`` and ``1e+6`` are numbers
+    (YAML 1.1, which PyYAML follows, reads a float without a dot as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely, with YAML 1.2 floats (see ``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass(frozen=True)
@@ -115,8 +141,12 @@ class FederatedConfig:
     class_stats: str = "running"  # running: from the last local pass; exact: an extra pass after training
     min_clients: int = 1
     round_timeout: float = 600.0
+    # a group with no reply (train or evaluate) for this many rounds in a row ends the run
+    max_missing_rounds: int = 3
+    actor_restarts: int = 3  # a Ray worker that dies is restarted (and its task retried) this often
     fault_partition: int = -1  # testing aid: this partition raises ...
-    fault_round: int = 0  # ... in this round
+    fault_round: int = 0  # ... from this round (train and evaluate) ...
+    fault_rounds: int = 1  # ... for this many rounds
 
 
 @dataclass(frozen=True)
@@ -234,9 +264,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
     key, _, raw = text.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
+        raise ConfigError(
+            f"--set {text!r}: the value is not valid YAML; quote it (e.g. --set 'name=\"a: b\"') or fix its syntax"
+        ) from None
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"--set {text!r}: empty key; expected KEY=VALUE, e.g. --set optim.lr=0.01")
     return key.strip().split("."), value
 
 
@@ -264,11 +298,22 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file to --config")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (a binary file?); pass a YAML config") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)!r} cannot be read ({e.strerror}); check its permissions") from None
+    try:
+        raw = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}; fix its syntax") from None
+    if raw is None:
+        raise ConfigError(
+            f"config file {str(p)!r} is empty; give it at least one section (e.g. 'mode: centralized'), "
+            "or omit --config for the built-in defaults"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
     return raw
@@ -330,13 +375,19 @@ def validate(cfg: Config) -> None:
         "anchors.eps": cfg.anchors.eps,
         "federated.num_cpus": cfg.federated.num_cpus,
         "federated.eval_every": cfg.federated.eval_every,
+        "optim.epochs": cfg.optim.epochs,
+        "federated.rounds": cfg.federated.rounds,
+        "federated.local_epochs": cfg.federated.local_epochs,
+        "federated.round_timeout": cfg.federated.round_timeout,
+        "federated.max_missing_rounds": cfg.federated.max_missing_rounds,
+        "anchors.samples": cfg.anchors.samples,
     }
     for key, v in positive.items():
         if not v > 0:
             raise ConfigError(f"{key} must be > 0, got {v}")
     nonneg = {
-        "optim.epochs": cfg.optim.epochs,
-        "federated.rounds": cfg.federated.rounds,
+        "federated.local_steps": cfg.federated.local_steps,
+        "federated.actor_restarts": cfg.federated.actor_restarts,
         "federated.num_gpus": cfg.federated.num_gpus,
         "anchors.lambda_fit": cfg.anchors.lambda_fit,
         "anchors.lambda_sep": cfg.anchors.lambda_sep,
@@ -347,6 +398,14 @@ def validate(cfg: Config) -> None:
     for key, v in nonneg.items():
         if v < 0:
             raise ConfigError(f"{key} must be >= 0, got {v}")
+    for key, v in {**positive, **nonneg}.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, got {v}")
+    if cfg.federated.fault_partition < -1:
+        raise ConfigError(
+            f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"
+        )
+    check_run_name(cfg.name)
     for key, v in {"data.val_fraction": cfg.data.val_fraction, "data.test_fraction": cfg.data.test_fraction}.items():
         if not 0 < v < 1:
             raise ConfigError(f"{key} must be in (0, 1), got {v}")
@@ -360,6 +419,16 @@ def validate(cfg: Config) -> None:
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
     _check_registered(cfg)
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one path component: no separators, not ``.`` or ``..``, no NUL."""
+    bad = [c for c in ("/", "\\", "\0") if c in name]
+    if bad or name in (".", "..") or name.startswith("~"):
+        raise ConfigError(
+            f"name: {name!r} is not a plain name (no '/', '\\', '..' or '~'); runs are written under out_dir, "
+            "so pick a name such as 'mnist_lr01' and move out_dir to change where"
+        )
 
 
 def _check_registered(cfg: Config) -> None:

@@ -11,3 +11,15 @@ class ConfigError(FedAnchorsError):
 
 class DataError(FedAnchorsError):
     """A data file or folder is missing or corrupt."""
+
+
+class Diverged(FedAnchorsError):
+    """A loss, q, anchor or weight went non-finite: the run stops, its last good checkpoint kept."""
+
+    exit_code = 3
+
+
+class RunFailed(FedAnchorsError):
+    """The run cannot produce honest results (e.g. a group lost for too many rounds)."""
+
+    exit_code = 4

@@ -53,14 +53,20 @@ def summarize(
         acc = _ratio(correct[g].sum(), total[g].sum())
         out[f"acc_group:{name}"] = acc
         out[f"loss_group:{name}"] = _ratio(loss[g], total[g].sum())
-        if not math.isnan(acc):
-            accs.append(acc)
-    out["acc_wg"] = min(accs) if accs else float("nan")
+        accs.append(acc)
+    # a metric over "all" groups is NaN unless every group was evaluated: a worst group taken
+    # over some of the groups (a client lost in federated mode) is not the worst group
+    complete = bool(accs) and not any(math.isnan(a) for a in accs)
+    out["acc_wg"] = min(accs) if complete else float("nan")
     per_class = correct.sum(0) / total.sum(0)
     seen = total.sum(0) > 0
-    out["acc_bal"] = float(per_class[seen].mean()) if bool(seen.any()) else float("nan")
+    out["acc_bal"] = float(per_class[seen].mean()) if complete else float("nan")
+    if not complete:
+        out["acc_all"] = float("nan")
     for name, classes in (class_sets or {}).items():
-        out[f"acc_{name}"] = _ratio(correct.sum(0)[classes].sum(), total.sum(0)[classes].sum())
+        out[f"acc_{name}"] = (
+            _ratio(correct.sum(0)[classes].sum(), total.sum(0)[classes].sum()) if complete else math.nan
+        )
     return out
 
 

@@ -26,6 +26,10 @@ class Interrupted(FedAnchorsError):
     """Ctrl-C: the run stopped at a boundary after writing its checkpoint."""
 
 
+class CheckpointError(FedAnchorsError):
+    """A checkpoint or client state file is missing, corrupt or of the wrong kind."""
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,26 +38,64 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+def load(
+    path: Path, device: torch.device | str = "cpu", required: tuple[str, ...] = (), what: str = "checkpoint"
+) -> dict:
+    """Load a checkpoint with ``weights_only=True`` (tensors, numbers, strings, lists, dicts:
+    unpickling can never run code from a run directory). A missing, empty, truncated or
+    foreign file, or one without the ``required`` keys, is a one-line ``CheckpointError``."""
+    path = Path(path)
+    hint = "restore it or start a new run"
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is missing; {hint}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what} {path} cannot be read safely ({reason}); {hint}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path} does not hold a fedanchors checkpoint (not a mapping); {hint}")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{what} {path} lacks {', '.join(missing)}: not a fedanchors checkpoint of this kind; {hint}"
+        )
+    return state
 
 
 def global_rng_state() -> dict:
-    """Python, NumPy and torch (CPU and CUDA) generator states."""
+    """Python, NumPy and torch (CPU and CUDA) generator states, as tensors and plain numbers
+    (so that the checkpoint loads with ``weights_only=True``)."""
+    version, key, gauss = random.getstate()
+    npst = np.random.get_state(legacy=False)
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, torch.tensor(key, dtype=torch.int64), gauss],
+        "numpy": {
+            "key": torch.from_numpy(npst["state"]["key"].astype(np.int64)),
+            "pos": int(npst["state"]["pos"]),
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_global_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, key, gauss = state["python"]
+    random.setstate((int(version), tuple(int(k) for k in key.tolist()), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def truncate_metrics(run_path: Path, key: str, last: int) -> None:
@@ -72,6 +114,37 @@ def truncate_metrics(run_path: Path, key: str, last: int) -> None:
     tmp = path.with_name("metrics.jsonl.tmp")
     tmp.write_text("".join(x + "\n" for x in keep))
     os.replace(tmp, path)
+
+
+RESUME_KEYS = ("trainer", "epoch", "best", "best_epoch", "elapsed")  # centralized resume.pt
+TRAINER_KEYS = ("model", "method", "opt", "gen", "sep_gen", "cyclers", "rng")
+SERVER_KEYS = (  # federated server_resume.pt
+    "round", "head", "anchors", "encoders", "method", "last_losses", "sep_gen", "best", "bytes",
+    "train_record", "last_stats", "stopped", "elapsed", "rng", "client_rounds",
+)  # fmt: skip
+CLIENT_KEYS = ("encoder", "opt")  # clients/<partition>/r<round>.pt
+
+
+def client_state_path(run_path: Path, partition: int, rnd: int) -> Path:
+    return Path(run_path) / "clients" / str(partition) / f"r{rnd}.pt"
+
+
+def check_resumable(run_path: Path, mode: str) -> None:
+    """Load every file a resume will read (safely) and check its structure, before anything
+    starts: a missing, corrupt or foreign checkpoint or client state file is one line naming it."""
+    run_path = Path(run_path)
+    if mode != "federated":
+        state = load(run_path / "checkpoints" / "resume.pt", required=RESUME_KEYS, what="resume checkpoint")
+        if not isinstance(state["trainer"], dict) or any(k not in state["trainer"] for k in TRAINER_KEYS):
+            raise CheckpointError(
+                f"resume checkpoint {run_path / 'checkpoints' / 'resume.pt'} has no complete trainer state; "
+                "restore it or start a new run"
+            )
+        return
+    state = load(run_path / "checkpoints" / "server_resume.pt", required=SERVER_KEYS, what="server checkpoint")
+    for pid, rnd in enumerate(state["client_rounds"]):
+        if int(rnd) > 0:
+            load(client_state_path(run_path, pid, int(rnd)), required=CLIENT_KEYS, what=f"client {pid}'s state file")
 
 
 class StopFlag:

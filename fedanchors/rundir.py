@@ -6,6 +6,7 @@ else ``runs/<name>-2``, ``-3``, ... so nothing already written is lost.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -32,12 +33,59 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-class RunDir:
-    """The files of one run."""
+class RunLock:
+    """An exclusive ``flock`` on the run directory itself for as long as a process writes it.
+
+    The kernel drops it when the holder exits, however it dies, so a stale lock never
+    blocks a resume after a crash; a second live writer gets a one-line error with the
+    holder's pid (read from /proc/locks). No file is added to the directory.
+    """
 
     def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _lock_holder(path)
+            os.close(self.fd)
+            self.fd = -1
+            raise ConfigError(
+                f"run directory {path} is in use by process {holder} (a run or a --resume still writing it); "
+                "wait for it to end or stop it, then try again"
+            ) from None
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _lock_holder(path: Path) -> str:
+    """The pid holding a flock on ``path`` according to /proc/locks, or 'unknown'."""
+    try:
+        inode = os.stat(path).st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+                return parts[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+class RunDir:
+    """The files of one run; a process holds its lock (``RunLock``) while it writes them."""
+
+    def __init__(self, path: Path, lock: bool = True) -> None:
         self.path = path
         self.trackers: list = []  # wandb / TensorBoard (fedanchors.tracking), fed by ``log``
+        self.lock = RunLock(path) if lock else None
+
+    def release(self) -> None:
+        """Give up the run directory (its lock); idempotent."""
+        if self.lock is not None:
+            self.lock.release()
 
     @classmethod
     def create(cls, cfg: Config) -> RunDir:
@@ -57,17 +105,19 @@ class RunDir:
             raise ConfigError(
                 f"out_dir: cannot create a run directory under {cfg.out_dir!r} ({e.strerror}); pick a writable out_dir"
             ) from None
+        run = cls(path)
         (path / "checkpoints").mkdir()
         save_config(cfg, path / "config.yaml")
-        return cls(path)
+        return run
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> RunDir:
-        """An existing run directory (for --resume); one without config.yaml is an error."""
+    def open(cls, path: str | os.PathLike, lock: bool = True) -> RunDir:
+        """An existing run directory (locked for writing unless ``lock=False``, for readers
+        such as evaluate and compare); one without config.yaml is an error."""
         p = Path(path)
         if not (p / "config.yaml").is_file():
             raise ConfigError(f"{p} is not a fedanchors run directory (no config.yaml); pass the directory of a run")
-        return cls(p)
+        return cls(p, lock=lock)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl, and pass the record to the trackers."""

@@ -49,25 +49,51 @@ def check_against_data(cfg: Config, data) -> None:
 
     group_batch_sizes(data.names, cfg.optim)
     build_method(cfg.method, data.names)
+    fp = cfg.federated.fault_partition
+    if cfg.mode == "federated" and fp >= len(data.groups):
+        raise ConfigError(
+            f"federated.fault_partition={fp} names no client: partitions are 0..{len(data.groups) - 1} "
+            f"({', '.join(data.names)}); use one of them or -1 (off)"
+        )
+
+
+def _checks(cfg: Config):
+    """Every check that needs no run directory: device, resources, data, group names."""
+    from fedanchors.data import build_scenario
+    from fedanchors.rundir import resolve_device
+
+    resolve_device(cfg.device)  # device: cuda without a GPU fails here, in both modes
+    federated = _federated(cfg)
+    data = build_scenario(cfg.data)
+    check_against_data(cfg, data)
+    return federated, data
 
 
 def run(cfg: Config) -> dict:
     """Run ``cfg`` in its mode; returns the summary (also written to summary.json)."""
-    from fedanchors.data import build_scenario
     from fedanchors.rundir import RunDir
 
-    federated = _federated(cfg)
-    data = build_scenario(cfg.data)
-    check_against_data(cfg, data)
+    federated, data = _checks(cfg)
     return _execute(cfg, data, RunDir.create(cfg), federated, resume=False)
 
 
 def resume(path: str, config: str | None, overrides: list[str]) -> dict:
     """Continue the run in ``path`` from its last checkpoint (same config, same numbers)."""
-    from fedanchors.data import build_scenario
     from fedanchors.rundir import RunDir
 
-    run_dir = RunDir.open(path)
+    run_dir = RunDir.open(path)  # takes the run's lock: a second writer stops here
+    try:
+        cfg, federated, data = _resume_checks(run_dir, path, config, overrides)
+    except BaseException:
+        run_dir.release()
+        raise
+    return _execute(cfg, data, run_dir, federated, resume=True)
+
+
+def _resume_checks(run_dir, path: str, config: str | None, overrides: list[str]):
+    """Everything --resume checks before it touches the directory or starts Ray."""
+    from fedanchors.resume import check_resumable
+
     cfg = load_config(run_dir.path / "config.yaml")
     if config or overrides:
         other = load_config(config or run_dir.path / "config.yaml", overrides)
@@ -84,10 +110,9 @@ def resume(path: str, config: str | None, overrides: list[str]) -> dict:
         raise ConfigError(f"--resume {path}: that run has finished (summary.json exists); nothing to resume")
     if not ckpt.is_file():
         raise ConfigError(f"--resume {path}: no checkpoint to resume from ({ckpt} is missing); start a new run")
-    federated = _federated(cfg)
-    data = build_scenario(cfg.data)
-    check_against_data(cfg, data)
-    return _execute(cfg, data, run_dir, federated, resume=True)
+    check_resumable(run_dir.path, cfg.mode)  # corrupt or missing files: one line, before Ray starts
+    federated, data = _checks(cfg)
+    return cfg, federated, data
 
 
 def config_diff(a: Config, b: Config) -> list[str]:
@@ -136,6 +161,7 @@ def _execute(cfg: Config, data, run_dir, federated, resume: bool) -> dict:
     finally:
         last = summary.get("epochs_run", summary.get("rounds_run", 0)) if images else 0
         run_dir.close_trackers(images, int(last or 0))
+        run_dir.release()
     return summary
 
 
@@ -186,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return getattr(e, "exit_code", EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,9 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
-from fedanchors.config import Config, load_config, parse_override, read_yaml, replace, to_dict
+from fedanchors.config import Config, load_config, parse_override, read_yaml, replace, to_dict, yaml_load
 from fedanchors.errors import ConfigError, FedAnchorsError
 
 DONE = "done"
@@ -41,7 +39,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     for text in items:
         path, _ = parse_override(text)
         raw = text.partition("=")[2]
-        grid[".".join(path)] = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+        grid[".".join(path)] = [yaml_load(v) for v in raw.split(",") if v.strip()]
         if not grid[".".join(path)]:
             raise ConfigError(f"--grid {text!r}: give at least one value, e.g. --grid optim.lr=0.1,0.01")
     return grid

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedanchors.config import Config, from_run_config
 from fedanchors.rundir import RunDir
+from server.simulation import GuardedGrid
 from server.strategy import FedAnchors
 
 
@@ -32,6 +33,8 @@ def make_server_app(
         strategy = FedAnchors(cfg, num_clients, num_classes, run, class_sets)
         strategy.stop_flag = stop_flag
         holder["strategy"] = strategy
+        if "abort" in holder:  # waits end as soon as the engine fails, not after round_timeout
+            grid = GuardedGrid(grid, holder["abort"])
         try:
             done = strategy.resume_from(run.checkpoint("server_resume.pt")) if resume else 0
             rounds = cfg.federated.rounds - done

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
 import os
+import threading
+import time
 import warnings
 
 import torch
@@ -13,11 +17,84 @@ from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.resume import StopFlag
 from fedanchors.rundir import RunDir
+from server import reaper
+
+
+@contextlib.contextmanager
+def _actor_pool_cap(clients: int):
+    """Flower sizes its Ray actor pool by the CPUs alone (4 actors for 2 clients at
+    ``num_cpus: 0.5``, 2,000 at 0.001); no more actors than clients can ever be busy, so
+    cap the pool at the number of clients while the simulation starts."""
+    from flwr.simulation.ray_transport import ray_actor
+
+    original = ray_actor.pool_size_from_resources
+
+    def capped(client_resources):
+        return min(original(client_resources), clients)
+
+    ray_actor.pool_size_from_resources = capped
+    try:
+        yield
+    finally:
+        ray_actor.pool_size_from_resources = original
+
+
+class EngineFailed(FedAnchorsError):
+    """The simulation engine stopped: the ServerApp must not wait for replies any longer."""
+
+
+class GuardedGrid:
+    """A Grid whose waits end as soon as ``abort`` is set (the engine failed), instead of
+    after ``round_timeout``: the same push/pull loop as Flower's ``send_and_receive``."""
+
+    def __init__(self, grid, abort: threading.Event) -> None:
+        self.grid, self.abort = grid, abort
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+    def _alive(self) -> None:
+        if self.abort.is_set():
+            raise EngineFailed("the Flower simulation engine stopped; no client can answer")
+
+    def get_node_ids(self):
+        self._alive()
+        return self.grid.get_node_ids()
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        self._alive()
+        ids = set(self.grid.push_messages(messages))
+        end = time.time() + (timeout or 0.0)
+        out: list = []
+        while ids and (timeout is None or time.time() < end):
+            got = list(self.grid.pull_messages(ids))
+            out.extend(got)
+            ids.difference_update(m.metadata.reply_to_message_id for m in got)
+            if ids:
+                self._alive()
+                time.sleep(0.05)
+        return out
+
+
+def check_ray_init(ray_init: dict) -> None:
+    """``federated.ray_init`` keys must be ``ray.init`` keywords (checked before Ray starts)."""
+    import inspect
+
+    import ray
+
+    params = inspect.signature(ray.init).parameters
+    valid = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+    for key in ray_init:
+        if key not in params or params[key].kind is inspect.Parameter.VAR_KEYWORD:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
+            raise ConfigError(f"federated.ray_init.{key}: not a ray.init keyword{hint}")
 
 
 def check_resources(cfg: Config) -> None:
     """Reject resource requests Ray cannot satisfy, before Ray starts."""
     f = cfg.federated
+    check_ray_init(f.ray_init)
     joins_cluster = "address" in f.ray_init
     if f.num_gpus > 0 and not joins_cluster and not torch.cuda.is_available():
         raise ConfigError(
@@ -63,20 +140,37 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     f = cfg.federated
     if f.min_clients > len(data.groups):
         raise ConfigError(f"federated.min_clients={f.min_clients} exceeds the {len(data.groups)} groups (clients)")
-    holder: dict = {}
+    holder: dict = {"abort": threading.Event()}
     init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **f.ray_init}
-    backend = {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus}, "init_args": init_args}
-    with StopFlag() as stop:
+    resources = {
+        "num_cpus": f.num_cpus,
+        "num_gpus": f.num_gpus,
+        # a Ray worker that dies (OOM killer, kill -9) is restarted and its task retried: the
+        # client answers in the same round from the same state file, so the run stays exact
+        "max_restarts": f.actor_restarts,
+        "max_task_retries": f.actor_restarts,
+    }
+    backend = {"client_resources": resources, "init_args": init_args}
+    reaper.start()  # Ray's helper processes end with this process, even after kill -9
+    with StopFlag() as stop, _actor_pool_cap(len(data.groups)):
         server_app = make_server_app(
             cfg, len(data.groups), data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
         )
-        run_simulation(
-            server_app,
-            make_client_app(cfg),
-            num_supernodes=len(data.groups),
-            backend_name="ray",
-            backend_config=backend,
-        )
+        try:
+            run_simulation(
+                server_app,
+                make_client_app(cfg),
+                num_supernodes=len(data.groups),
+                backend_name="ray",
+                backend_config=backend,
+            )
+        except Exception as e:  # the engine failed: release the ServerApp thread at once
+            holder["abort"].set()
+            cause = e.__cause__.__cause__ if e.__cause__ and e.__cause__.__cause__ else (e.__cause__ or e)
+            reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            holder.setdefault("error", FedAnchorsError(f"the Flower simulation engine failed: {reason}"))
+        finally:
+            holder["abort"].set()
     if "error" in holder:
         err = holder["error"]
         raise err if isinstance(err, FedAnchorsError) else FedAnchorsError(f"federated run failed: {err}")

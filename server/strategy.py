@@ -24,12 +24,21 @@ from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
 from fedanchors.config import Config
 from fedanchors.dfr import fit_balanced, gaussian_codes, linear_head
-from fedanchors.errors import FedAnchorsError
+from fedanchors.errors import FedAnchorsError, RunFailed
+from fedanchors.health import check_finite, module_tensors
 from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
 from fedanchors.metrics import summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.resume import Interrupted, global_rng_state, load, save_atomic, set_global_rng_state, truncate_metrics
+from fedanchors.resume import (
+    SERVER_KEYS,
+    Interrupted,
+    global_rng_state,
+    load,
+    save_atomic,
+    set_global_rng_state,
+    truncate_metrics,
+)
 from fedanchors.rundir import RunDir
 
 log = logging.getLogger("fedanchors.server")
@@ -57,7 +66,10 @@ class FedAnchors(Strategy):
         self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
         self.method = None
         self.weights = torch.empty(0)
-        self.last_losses: torch.Tensor | None = None
+        self.last_losses: torch.Tensor | None = None  # each group's latest loss (carried over a missed round)
+        self.client_rounds: list[int] = []  # per partition: the last round it trained (its state file)
+        self.missing: list[int] = []  # per partition: rounds in a row without a reply
+        self.round_ok: set[int] = set()
         self.train_record: dict[str, float] = {}
         self.best: dict = {"val_acc_wg": -1.0}
         self.bytes_sent = self.bytes_received = 0
@@ -82,9 +94,15 @@ class FedAnchors(Strategy):
         while len(ids := list(grid.get_node_ids())) < self.num_clients:
             if time.time() > deadline:
                 raise FedAnchorsError(
-                    f"only {len(ids)} of {self.num_clients} clients connected; check the Ray resources"
+                    f"only {len(ids)} of {self.num_clients} clients connected within federated.round_timeout="
+                    f"{self.cfg.federated.round_timeout:g} s; check the Ray resources or the SuperNodes"
                 )
             time.sleep(0.1)
+        if len(ids) > self.num_clients:
+            raise FedAnchorsError(
+                f"{len(ids)} clients connected but the config has {self.num_clients} groups; "
+                "start one SuperNode per group"
+            )
         msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n, group_id="query") for n in ids]
         replies = [
             r for r in grid.send_and_receive(msgs, timeout=self.cfg.federated.round_timeout) if not r.has_error()
@@ -104,6 +122,8 @@ class FedAnchors(Strategy):
                 "n": int(r.content["metrics"]["num-examples"]),
             }
         self.info = [info[p] for p in sorted(info)]
+        self.client_rounds = [0] * len(self.info)
+        self.missing = [0] * len(self.info)
         self.method = build_method(self.cfg.method, self.names)
         spaces = [i["space"] for i in self.info]
         for i in self.info:
@@ -133,6 +153,8 @@ class FedAnchors(Strategy):
         out = []
         for pid, nid in sorted(self.nodes.items()):
             extra = {"state_dir": str(self.run.path.resolve() / "clients")} if self.run else {}
+            # which of its state files the client starts from: the last round it trained (0: fresh)
+            extra["state_round"] = self.client_rounds[pid]
             conf = ConfigRecord(
                 {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
             )
@@ -187,11 +209,17 @@ class FedAnchors(Strategy):
         self._ensure_ready(grid)
         gb = self.cfg.optim.group_batch  # fixed-ratio batches: a group counts by its share of a step
         counts = torch.tensor([gb[i["group"]] if gb else i["n"] for i in self.info])
-        self.weights = self.method.weights(counts, self.last_losses, server_round - 1)
+        # every client is asked to train: a group that missed a round counts with its last loss
+        # (a group that never reported leaves the objective at q)
+        losses = self.last_losses
+        if losses is not None and bool(torch.isnan(losses).any()):
+            losses = None
+        self.weights = self.method.weights(counts, losses, server_round - 1)
         spaces = [i["space"] for i in self.info]
         scale = space_weights(spaces, self.weights)
         shared = [s in self.encoders for s in spaces]
-        return self._messages(MessageType.TRAIN, server_round, {"encoder_scale": scale, "encoder_shared": shared})
+        config = {"encoder_scale": scale, "encoder_shared": shared}
+        return self._messages(MessageType.TRAIN, server_round, config)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -206,7 +234,20 @@ class FedAnchors(Strategy):
                 f"{self.cfg.federated.min_clients}; see the client errors above (tracebacks: client_errors.log)"
             )
         pids = [p for p, _ in ok]
+        self.round_ok = set(pids)
+        where = f"round {server_round}"
+        check = self._checker(where)
+        check(
+            {f"the training loss of group {self.info[p]['group']}": float(r.content["metrics"]["loss"]) for p, r in ok}
+        )
         w = [float(self.weights[p]) for p in pids]
+        if sum(w) <= 0:
+            raise RunFailed(
+                f"{where}: the clients that answered ({', '.join(self.names[p] for p in pids)}) all have weight 0 "
+                f"under method {self.cfg.method.name}; no update is possible"
+            )
+        for p in pids:
+            self.client_rounds[p] = server_round
         self.head.load_state_dict(weighted_average([unpack(r.content["global"], HEAD) for _, r in ok], w))
         for space, enc in self.encoders.items():
             held = [(wi, r) for wi, (p, r) in zip(w, ok) if self.info[p]["space"] == space]
@@ -217,6 +258,7 @@ class FedAnchors(Strategy):
         losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
         for p, r in ok:
             losses[p] = float(r.content["metrics"]["loss"])
+        check(module_tensors("", [("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
         a = self.cfg.anchors
         stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
         stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
@@ -244,7 +286,14 @@ class FedAnchors(Strategy):
                 per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
             rec.update({f"w2_anchor:{self.info[p]['group']}": float(v) for p, v in zip(pids, per_group)})
         self.method.step(losses, server_round - 1)
-        self.last_losses = losses
+        check(
+            {
+                "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
+                "q": self.method.q,
+            }
+        )
+        carried = losses if self.last_losses is None else torch.where(torch.isnan(losses), self.last_losses, losses)
+        self.last_losses = carried
         self.train_record = rec
         arrays = pack(head=self.head.state_dict(), anchors=self.anchors.state_dict())
         return arrays, MetricRecord({k: float(v) for k, v in rec.items()})
@@ -267,15 +316,20 @@ class FedAnchors(Strategy):
         replies = list(replies)  # empty on rounds that skip evaluation (federated.eval_every)
         val = self._record_evaluation(server_round, replies) if replies else None
         self.bar.update(1)
+        for p in range(len(self.info)):
+            self.missing[p] = 0 if p in self.round_ok else self.missing[p] + 1
         self._save_state(server_round)
+        self._check_missing(server_round)
         self._check_stop(server_round)
         return None if val is None else MetricRecord({k: float(v) for k, v in val.items()})
 
     def _record_evaluation(self, server_round: int, replies: list[Message]) -> dict[str, float]:
         """Log the round's validation metrics, track the best round, apply early stopping."""
         ok = self._split_replies(server_round, replies)
+        self.round_ok &= {p for p, _ in ok}
         out = {s: self._summarize(s, ok) for s in ("val", "test")}
         record = {"round": server_round, "epoch": server_round, **self.train_record, **out["val"]}
+        record["eval_complete"] = len(ok) == len(self.info)  # else acc_wg, acc_all, acc_bal are null
         record.update({f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)})
         record.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
         self.round_bytes = [0, 0]
@@ -284,10 +338,7 @@ class FedAnchors(Strategy):
         if out["val"]["acc_wg"] > self.best["val_acc_wg"]:
             self.best = {"val_acc_wg": out["val"]["acc_wg"], "round": server_round, "test": out["test"]}
             if self.run:
-                torch.save(
-                    {"head": self.head.state_dict(), "anchors": self.anchors.state_dict(), "q": self.method.q},
-                    self.run.checkpoint("best_server.pt"),
-                )
+                save_atomic(self._server_state(), self.run.checkpoint("best_server.pt"))
         self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
         patience = self.cfg.optim.patience
         if patience and server_round - self.best.get("round", 0) >= patience:
@@ -326,8 +377,37 @@ class FedAnchors(Strategy):
             "stopped": self.stopped,
             "elapsed": self.elapsed + time.time() - self.t0,
             "rng": global_rng_state(),
+            "client_rounds": list(self.client_rounds),
+            "missing": list(self.missing),
         }
         save_atomic(state, self.run.checkpoint("server_resume.pt"))
+
+    def _server_state(self) -> dict:
+        """The server's model: head, anchors, shared encoders and q (best/last checkpoints)."""
+        return {
+            "head": self.head.state_dict(),
+            "anchors": self.anchors.state_dict(),
+            "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
+            "q": self.method.q,
+            "client_rounds": list(self.client_rounds),
+        }
+
+    def _checker(self, where: str):
+        ckpt = self.run.checkpoint("server_resume.pt") if self.run else "server_resume.pt"
+        return lambda values: check_finite(values, where, self.cfg.optim.lr, str(ckpt))
+
+    def _check_missing(self, rnd: int) -> None:
+        """A group without any reply for ``federated.max_missing_rounds`` rounds in a row ends
+        the run: results over the remaining groups would not be a worst-group accuracy."""
+        limit = self.cfg.federated.max_missing_rounds
+        lost = [p for p, m in enumerate(self.missing) if m >= limit]
+        if lost:
+            names = ", ".join(f"{self.info[p]['group']} (client {p})" for p in lost)
+            raise RunFailed(
+                f"{names} gave no reply for {limit} rounds in a row (to round {rnd}; federated.max_missing_rounds="
+                f"{limit}); a worst-group accuracy without it would be over a subset of the groups. "
+                f"The causes are in client_errors.log; the checkpoint after round {rnd} is kept (--resume)"
+            )
 
     def _check_stop(self, rnd: int) -> None:
         """Ctrl-C (``stop_flag`` set by the driver): stop after this round's checkpoint."""
@@ -340,7 +420,7 @@ class FedAnchors(Strategy):
 
     def resume_from(self, path) -> int:
         """Load a saved server state; returns the round it was taken after."""
-        state = load(path)
+        state = load(path, required=SERVER_KEYS, what="server checkpoint")
         self.pending, self.offset = state, state["round"]
         self.stopped, self.best, self.rounds_run = state["stopped"], state["best"], state["round"]
         self.elapsed = state["elapsed"]
@@ -358,7 +438,10 @@ class FedAnchors(Strategy):
         self.last_losses = state["last_losses"]
         self.sep_gen.set_state(state["sep_gen"])
         self.bytes_sent, self.bytes_received, self.round_bytes = state["bytes"]
+        self.round_bytes = list(self.round_bytes)
         self.train_record, self.last_stats = state["train_record"], state["last_stats"]
+        self.client_rounds = [int(r) for r in state["client_rounds"]]
+        self.missing = [int(m) for m in state.get("missing", [0] * len(self.info))]
         set_global_rng_state(state["rng"])
 
     # -- DFR ------------------------------------------------------------------------
@@ -402,9 +485,13 @@ class FedAnchors(Strategy):
     def finish(self) -> dict:
         """The run's summary: test metrics at the round with the best validation acc_wg."""
         self.bar.close()
+        if "round" not in self.best:
+            raise RunFailed(
+                "no evaluated round had a reply from every group, so there is no worst-group accuracy to report; "
+                "see client_errors.log"
+            )
         if self.run:
-            state = {"head": self.head.state_dict(), "anchors": self.anchors.state_dict(), "q": self.method.q}
-            torch.save(state, self.run.checkpoint("last_server.pt"))
+            save_atomic(self._server_state(), self.run.checkpoint("last_server.pt"))
         return {
             "mode": "federated",
             "best_round": self.best.get("round"),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fedanchors.config import DataConfig, _build
-from fedanchors.errors import ConfigError
+from fedanchors.errors import ConfigError, DataError
 from fedanchors.registry import Registry
 
 SCENARIOS: Registry = Registry("scenario")
@@ -69,6 +69,15 @@ class ScenarioData:
         for g in self.groups:
             out.setdefault(g.space, g)
         return out
+
+
+def check_labels(y: torch.Tensor, num_classes: int, source: Path | str, what: str = "label") -> None:
+    """Every label in ``[0, num_classes)``, else a DataError naming the file and the bad value."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y[(y < 0) | (y >= num_classes)][0])
+        raise DataError(
+            f"{source}: {what} {bad} is outside the declared classes 0..{num_classes - 1}; fix or replace the file"
+        )
 
 
 def scenario_options(cls: type, cfg: DataConfig) -> Any:

@@ -16,6 +16,7 @@ from fedanchors.data.base import (
     GroupData,
     ScenarioData,
     Split,
+    check_labels,
     data_root,
     group_fractions,
     make_group,
@@ -82,6 +83,7 @@ def load_mnist(cfg: DataConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
             y = torch.from_numpy(read_idx(pl).astype(np.int64))
             if len(x) != len(y):
                 raise DataError(f"{pi} has {len(x)} images but {pl} has {len(y)} labels; replace them")
+            check_labels(y, 10, pl)
             out[split] = (x, y)
     if not out:
         raise DataError(

@@ -20,6 +20,7 @@ from fedanchors.data.base import (
     GroupData,
     ScenarioData,
     Split,
+    check_labels,
     data_root,
     options_dataclass,
     scenario_options,
@@ -94,6 +95,8 @@ def waterbirds(cfg: DataConfig) -> ScenarioData:
     x = torch.from_numpy(np.stack([load_image(folder / r["img_filename"], o.size) for r in rows]))
     x = (x.float().div_(255) - _MEAN) / _STD
     y, place, split = (torch.tensor([r[k] for r in rows]) for k in ("y", "place", "split"))
+    check_labels(y, 2, folder / "metadata.csv")
+    check_labels(place, 2, folder / "metadata.csv", "place")
     groups = []
     for b, bird in enumerate(BIRDS):
         for p, where in enumerate(PLACES):

@@ -1,0 +1,53 @@
+"""Divergence guards shared by both modes: a non-finite loss, q, anchor or weight stops the run.
+
+A run whose loss went NaN must not go on to write a summary with numbers that look real:
+``check_finite`` raises ``Diverged`` (exit code 3) before the epoch's or round's checkpoint,
+so the last good checkpoint stays on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from fedanchors.errors import Diverged
+
+
+def first_non_finite(values: dict[str, float | torch.Tensor | None]) -> tuple[str, float] | None:
+    """The first (name, value) that is NaN or infinite; tensors count when any entry is."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        if isinstance(v, torch.Tensor):
+            if v.numel() and not bool(torch.isfinite(v).all()):
+                bad = v[~torch.isfinite(v)].flatten()[0]
+                return name, float(bad)
+        elif not math.isfinite(float(v)):
+            return name, float(v)
+    return None
+
+
+def module_tensors(prefix: str, modules: Iterable[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+    """Every parameter and floating buffer of ``modules`` as ``prefix<name>.<param>``."""
+    out = {}
+    for name, m in modules:
+        for k, t in m.state_dict().items():
+            if t.is_floating_point():
+                out[f"{prefix}{name}.{k}"] = t
+    return out
+
+
+def check_finite(values: dict[str, float | torch.Tensor | None], where: str, lr: float, checkpoint: str) -> None:
+    """Raise ``Diverged`` naming what went non-finite, where, and what to do."""
+    bad = first_non_finite(values)
+    if bad is None:
+        return
+    name, value = bad
+    raise Diverged(
+        f"training diverged: {name} is {value} in {where}; stopped before writing that checkpoint, "
+        f"the last good one is kept ({checkpoint}); lower optim.lr (now {lr:g}) or federated.server_lr, "
+        "keep optim.grad_clip > 0, and start a new run"
+    )
