@@ -114,7 +114,10 @@ class CentralizedTrainer:
         loss = (w * ce_vec).sum()
         out = {"loss": float(loss.detach())}
         if cfg.anchors.lambda_fit > 0:
-            fit = (w * group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps)).sum()
+            try:
+                fit = (w * group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps)).sum()
+            except torch.linalg.LinAlgError:  # only on overflowing codes
+                self.check({"the W2 fit (an eigendecomposition failed)": float("nan")}, f"epoch {epoch + 1}")
             loss = loss + cfg.anchors.lambda_fit * fit
             out["fit"] = float(fit.detach())
         if cfg.anchors.lambda_sep > 0:

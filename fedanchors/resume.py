@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,11 @@ def load(
     if not path.is_file():
         raise CheckpointError(f"{what} {path} is missing; {hint}")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{what} {path} cannot be read safely ({reason}); {hint}") from None
+        raise CheckpointError(f"{what} {path} cannot be read safely ({_reason(e)}); {hint}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{what} {path} does not hold a fedanchors checkpoint (not a mapping); {hint}")
     missing = [k for k in required if k not in state]
@@ -61,6 +63,15 @@ def load(
             f"{what} {path} lacks {', '.join(missing)}: not a fedanchors checkpoint of this kind; {hint}"
         )
     return state
+
+
+def _reason(e: Exception) -> str:
+    """A short reason from torch.load's error (its weights-only message is a page long)."""
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        text = "refused by the weights-only unpickler: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:160]
 
 
 def global_rng_state() -> dict:

@@ -138,9 +138,14 @@ def local_train(
         x, y = split.x[idx].to(device), split.y[idx].to(device)
         z = encoder(x)
         ce = F.cross_entropy(head(z), y)
+        if not math.isfinite(float(ce.detach())):  # diverged: report it (the server stops the run)
+            return {"loss": float("nan"), "fit": float("nan"), "stats": None}
         loss = ce
         if cfg_anchors.lambda_fit > 0:
-            fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps)[0]
+            try:
+                fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps)[0]
+            except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
+                return {"loss": float("nan"), "fit": float("nan"), "stats": None}
             loss = loss + cfg_anchors.lambda_fit * fit
             fit_sum += float(fit.detach())
         opt.zero_grad(set_to_none=True)

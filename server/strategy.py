@@ -267,19 +267,16 @@ class FedAnchors(Strategy):
             "loss": float(losses[pids].mean()),
             "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok),
         }
+        check({f"the class statistics ({k})": v for k, v in stacked.items()})
         if a.lambda_fit > 0 or a.lambda_sep > 0:
             wt = torch.tensor(w) / sum(w)
-            res = fit_anchors(
-                self.anchors,
-                self.head,
-                stacked["counts"],
-                stacked["means"],
-                stacked["covs"],
-                wt,
-                a,
-                self.cfg.optim,
-                self.sep_gen,
-            )
+            try:
+                res = fit_anchors(
+                    self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt, a,
+                    self.cfg.optim, self.sep_gen,
+                )  # fmt: skip
+            except torch.linalg.LinAlgError:  # only ever on overflowing statistics
+                check({"the anchor fit (an eigendecomposition failed on the clients' statistics)": float("nan")})
             rec.update({"anchor_fit": res["fit"], "sep": res["sep"]})
             with torch.no_grad():
                 am, ac = self.anchors.means, self.anchors.covariances()
