@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+
+from server.reaper import _stat, descendants
 
 from .conftest import REPO
 
@@ -66,3 +72,86 @@ def test_below_min_clients_stops_with_one_line(tmp_path):
     assert "Traceback" not in res.stderr
     assert (tmp_path / "digits_fed" / "config.yaml").is_file()  # what was written is kept
     assert "injected fault" in (tmp_path / "digits_fed" / "client_errors.log").read_text()
+
+
+def _start(tmp_path, *sets: str) -> subprocess.Popen:
+    args = ["--config", "configs/digits_fed.yaml", "--set", f"out_dir={tmp_path}", "--set", "progress=false", *FAST]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedanchors.simulate", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_round(tmp_path, rnd: int, proc: subprocess.Popen) -> None:
+    path = tmp_path / "digits_fed" / "metrics.jsonl"
+    t0 = time.time()
+    while not (path.is_file() and any(json.loads(x)["round"] >= rnd for x in path.read_text().splitlines())):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < 300
+        time.sleep(0.1)
+
+
+def _actors(root: int) -> list[int]:
+    """The Ray client actors among ``root``'s descendants."""
+    return [p for p in descendants(root) if b"ClientAppActor" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_killed_ray_worker_is_restarted_and_every_round_stays_complete(tmp_path):
+    # num_cpus 0.5 would give Flower a pool of 4 actors for 2 clients: capped at 2
+    proc = _start(tmp_path, "federated.rounds=6", "federated.num_cpus=0.5")
+    _wait_round(tmp_path, 2, proc)
+    actors = _actors(proc.pid)
+    assert len(actors) == 2, actors
+    os.kill(actors[0], signal.SIGKILL)  # a Ray worker dies mid-run
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    recs = records(tmp_path)
+    assert [r["round"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    for r in recs:  # the killed client was restarted and answered: no partial round
+        assert r["eval_complete"] and r["acc_wg"] is not None and r["acc_group:digits16"] is not None
+
+
+def test_ray_processes_end_with_a_killed_driver(tmp_path):
+    proc = _start(tmp_path, "federated.rounds=50")
+    _wait_round(tmp_path, 1, proc)
+    ours = descendants(proc.pid)
+    assert len(_actors(proc.pid)) == 2
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone, not its process group
+    proc.wait(timeout=60)
+    t0 = time.time()
+    while True:
+        alive = [p for p, start in ours.items() if (s := _stat(p)) is not None and s[1] == start]
+        if not alive or time.time() - t0 > 30:
+            break
+        time.sleep(0.5)
+    assert not alive, f"still running 30 s after the driver was killed: {alive}"
+
+
+def test_simulation_engine_failure_is_one_line_and_prompt(tmp_path):
+    t0 = time.time()
+    res = simulate(tmp_path, "federated.ray_init={object_store_memory: 1}")
+    assert res.returncode == 2, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Flower simulation engine failed:") and "object store memory" in last
+    assert "Traceback" not in res.stderr
+    assert time.time() - t0 < 120  # not round_timeout (600 s)
+
+
+def test_a_group_that_stays_away_ends_the_run_with_exit_4(tmp_path):
+    res = simulate(
+        tmp_path,
+        "federated.rounds=6",
+        "federated.fault_partition=1",
+        "federated.fault_round=2",
+        "federated.fault_rounds=10",
+        "federated.max_missing_rounds=2",
+    )
+    assert res.returncode == 4, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: digits16 (client 1) gave no reply for 2 rounds")
+    assert not (tmp_path / "digits_fed" / "summary.json").exists()
+    assert [r["acc_wg"] is None for r in records(tmp_path)] == [False, True, True]
