@@ -94,7 +94,8 @@ class ClientModel:
             try:
                 state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
                 self.encoder.load_state_dict(state["encoder"])
-                self.opt.load_state_dict(state["opt"])
+                if not cfg.federated.reset_client_opt:  # else momentum / Adam state starts fresh each round
+                    self.opt.load_state_dict(state["opt"])
             except Exception as e:  # noqa: BLE001 - named in one line by the server
                 raise ValueError(f"client state of {source} cannot be loaded ({type(e).__name__}: {e})") from None
 
@@ -179,6 +180,10 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     else:
         steps = f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
+    prox = []  # FedProx: the parts the server aggregates, anchored at this round's global values
+    if f.prox_mu > 0:
+        shared = list(model.head.parameters()) + (list(model.encoder.parameters()) if conf["encoder_shared"] else [])
+        prox = [(p, p.detach().clone()) for p in shared]
     res = local_train(
         model.encoder,
         model.head,
@@ -193,6 +198,8 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         model.device,
         num_classes=data.num_classes if (not stock and f.class_stats == "running") else 0,
         batch_size=cfg.optim.group_batch.get(group.name, 0),
+        prox_mu=f.prox_mu,
+        prox_ref=prox,
     )
     store.save(model.blob(), rnd, keep_from=int(conf.get("state_round", 0) or 0) if not stock else 0)
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands

@@ -141,6 +141,15 @@ class FederatedConfig:
     class_stats: str = "running"  # running: from the last local pass; exact: an extra pass after training
     min_clients: int = 1
     round_timeout: float = 600.0
+    # server optimizer on the averaged update of the head and shared encoders (fedanchors.server_opt):
+    # sgd with server_lr 1 is plain averaging; momentum = FedAvgM; adam / yogi / adagrad (Reddi et al.)
+    server_opt: str = "sgd"
+    server_lr: float = 1.0
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    prox_mu: float = 0.0  # FedProx: + prox_mu/2 ||w - w_global||^2 on the head and shared encoders
+    reset_client_opt: bool = False  # true: a client's optimizer state starts fresh every round
     # a group with no reply (train or evaluate) for this many rounds in a row ends the run
     max_missing_rounds: int = 3
     actor_restarts: int = 3  # a Ray worker that dies is restarted (and its task retried) this often
@@ -380,6 +389,8 @@ def validate(cfg: Config) -> None:
         "federated.local_epochs": cfg.federated.local_epochs,
         "federated.round_timeout": cfg.federated.round_timeout,
         "federated.max_missing_rounds": cfg.federated.max_missing_rounds,
+        "federated.server_lr": cfg.federated.server_lr,
+        "federated.server_tau": cfg.federated.server_tau,
         "anchors.samples": cfg.anchors.samples,
     }
     for key, v in positive.items():
@@ -388,6 +399,7 @@ def validate(cfg: Config) -> None:
     nonneg = {
         "federated.local_steps": cfg.federated.local_steps,
         "federated.actor_restarts": cfg.federated.actor_restarts,
+        "federated.prox_mu": cfg.federated.prox_mu,
         "federated.num_gpus": cfg.federated.num_gpus,
         "anchors.lambda_fit": cfg.anchors.lambda_fit,
         "anchors.lambda_sep": cfg.anchors.lambda_sep,
@@ -406,6 +418,9 @@ def validate(cfg: Config) -> None:
             f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"
         )
     check_run_name(cfg.name)
+    for key in ("server_beta1", "server_beta2"):
+        if not 0 <= getattr(cfg.federated, key) < 1:
+            raise ConfigError(f"federated.{key} must be in [0, 1), got {getattr(cfg.federated, key)}")
     for key, v in {"data.val_fraction": cfg.data.val_fraction, "data.test_fraction": cfg.data.test_fraction}.items():
         if not 0 < v < 1:
             raise ConfigError(f"{key} must be in (0, 1), got {v}")
@@ -433,11 +448,12 @@ def check_run_name(name: str) -> None:
 
 def _check_registered(cfg: Config) -> None:
     """Names that point into registries must exist (imported late: registries fill on import)."""
-    from fedanchors import losses, methods, models
+    from fedanchors import losses, methods, models, server_opt
     from fedanchors.data import SCENARIOS
 
     SCENARIOS.get(cfg.data.scenario, "data.scenario")
     methods.METHODS.get(cfg.method.name, "method.name")
+    server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
     losses.SEPARATIONS.get(cfg.anchors.sep, "anchors.sep")
     models.HEADS.get(cfg.model.head, "model.head")
     models.ENCODERS.get(cfg.model.encoder.kind, "model.encoder.kind")

@@ -131,7 +131,7 @@ RESUME_KEYS = ("trainer", "epoch", "best", "best_epoch", "elapsed")  # centraliz
 TRAINER_KEYS = ("model", "method", "opt", "gen", "sep_gen", "cyclers", "rng")
 SERVER_KEYS = (  # federated server_resume.pt
     "round", "head", "anchors", "encoders", "method", "last_losses", "sep_gen", "best", "bytes",
-    "train_record", "last_stats", "stopped", "elapsed", "rng", "client_rounds",
+    "train_record", "last_stats", "stopped", "elapsed", "rng", "client_rounds", "server_opt",
 )  # fmt: skip
 CLIENT_KEYS = ("encoder", "opt")  # clients/<partition>/r<round>.pt
 

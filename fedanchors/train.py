@@ -100,6 +100,14 @@ class GroupCycler:
         return out
 
 
+def add_prox_grad(pairs: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> None:
+    """Add the gradient of FedProx's mu/2 ||w - w_ref||^2, mu (w - w_ref), to each parameter."""
+    with torch.no_grad():
+        for p, ref in pairs:
+            g = mu * (p - ref)
+            p.grad = g if p.grad is None else p.grad.add_(g)
+
+
 def local_train(
     encoder: nn.Module,
     head: nn.Module,
@@ -114,6 +122,8 @@ def local_train(
     device: torch.device,
     num_classes: int = 0,
     batch_size: int = 0,
+    prox_mu: float = 0.0,
+    prox_ref: list[tuple[nn.Parameter, torch.Tensor]] | None = None,
 ) -> dict:
     """A client's local work: ``steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
 
@@ -125,6 +135,8 @@ def local_train(
     with ``num_classes`` > 0 the class sufficient statistics of the latent codes of the
     last pass over the data ("running" statistics: no extra forward pass).
     ``batch_size`` (when > 0) replaces ``optim.batch_size`` (fixed-ratio group batches).
+    ``prox_mu`` > 0 adds FedProx's term prox_mu/2 ||w - w_ref||^2 for the (parameter,
+    reference) pairs of ``prox_ref`` (the global head and shared encoder of the round).
     """
     params = list(encoder.parameters()) + list(head.parameters())
     order: list[torch.Tensor] = []
@@ -154,6 +166,8 @@ def local_train(
             for p in encoder.parameters():
                 if p.grad is not None:
                     p.grad.mul_(encoder_scale)
+        if prox_mu > 0 and prox_ref:
+            add_prox_grad(prox_ref, prox_mu)
         clip_and_step(opt, params, cfg_optim.grad_clip)
         ce_sum += float(ce.detach())
         if num_classes:

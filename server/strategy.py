@@ -40,6 +40,7 @@ from fedanchors.resume import (
     truncate_metrics,
 )
 from fedanchors.rundir import RunDir
+from fedanchors.server_opt import build_server_optimizer
 
 log = logging.getLogger("fedanchors.server")
 
@@ -61,6 +62,10 @@ class FedAnchors(Strategy):
         self.head = build_head(m, num_classes, cfg.seed)
         self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed)
         self.sep_gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "server-separation"))
+        f = cfg.federated
+        self.server_opt = build_server_optimizer(
+            f.server_opt, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau
+        )
         self.nodes: dict[int, int] = {}  # partition -> node id
         self.info: list[dict] = []  # per partition: group, space, shape, n
         self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
@@ -248,13 +253,24 @@ class FedAnchors(Strategy):
             )
         for p in pids:
             self.client_rounds[p] = server_round
-        self.head.load_state_dict(weighted_average([unpack(r.content["global"], HEAD) for _, r in ok], w))
+        # shared parts: the weighted average of the clients' models, then the server optimizer's step
+        current = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        averaged = {
+            f"head.{k}": v for k, v in weighted_average([unpack(r.content["global"], HEAD) for _, r in ok], w).items()
+        }
         for space, enc in self.encoders.items():
             held = [(wi, r) for wi, (p, r) in zip(w, ok) if self.info[p]["space"] == space]
             if held:
-                enc.load_state_dict(
-                    weighted_average([unpack(r.content["global"], ENCODER) for _, r in held], [wi for wi, _ in held])
-                )
+                avg = weighted_average([unpack(r.content["global"], ENCODER) for _, r in held], [wi for wi, _ in held])
+                current.update({f"encoder.{space}.{k}": v for k, v in enc.state_dict().items()})
+                averaged.update({f"encoder.{space}.{k}": v for k, v in avg.items()})
+        new = self.server_opt.step(current, averaged)
+        self.head.load_state_dict({k[5:]: v for k, v in new.items() if k.startswith("head.")})
+        for space, enc in self.encoders.items():
+            pre = f"encoder.{space}."
+            part = {k[len(pre) :]: v for k, v in new.items() if k.startswith(pre)}
+            if part:
+                enc.load_state_dict(part)
         losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
         for p, r in ok:
             losses[p] = float(r.content["metrics"]["loss"])
@@ -376,6 +392,7 @@ class FedAnchors(Strategy):
             "rng": global_rng_state(),
             "client_rounds": list(self.client_rounds),
             "missing": list(self.missing),
+            "server_opt": self.server_opt.state_dict(),
         }
         save_atomic(state, self.run.checkpoint("server_resume.pt"))
 
@@ -438,6 +455,7 @@ class FedAnchors(Strategy):
         self.round_bytes = list(self.round_bytes)
         self.train_record, self.last_stats = state["train_record"], state["last_stats"]
         self.client_rounds = [int(r) for r in state["client_rounds"]]
+        self.server_opt.load_state_dict(state["server_opt"])
         self.missing = [int(m) for m in state.get("missing", [0] * len(self.info))]
         set_global_rng_state(state["rng"])
 
