@@ -91,7 +91,7 @@ def fit_anchors(
     counts (G, C), means (G, C, d), covs (G, C, d, d), weights (G,). The fit objective is
     sum_g w_g mean_{c: n_gc > 0} W2^2(anchor_c, N(mu_gc, Sigma_gc)). Then ``server_steps``
     Adam steps on lambda_sep * sep (anchors at ``server_lr``; with ``sep: classifier`` the
-    head too, at the clients' ``optim.lr``, which calibrates it on the anchors).
+    head too, at ``anchors.server_head_lr`` (0: the clients' ``optim.lr``), which calibrates it on the anchors).
     Returns the fit objective before and after, and the last separation loss.
     """
     w = weights.to(anchors.means.dtype)
@@ -103,7 +103,7 @@ def fit_anchors(
     if cfg.lambda_sep > 0 and cfg.server_steps > 0:
         groups = [{"params": list(anchors.parameters()), "lr": cfg.server_lr}]
         if cfg.sep == "classifier":
-            groups.append({"params": list(head.parameters()), "lr": optim.lr})
+            groups.append({"params": list(head.parameters()), "lr": cfg.server_head_lr or optim.lr})
         opt = torch.optim.Adam(groups)
         for _ in range(cfg.server_steps):
             sep = separation_loss(anchors, head, cfg, generator)

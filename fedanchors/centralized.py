@@ -35,7 +35,7 @@ from fedanchors.resume import (
     set_global_rng_state,
     truncate_metrics,
 )
-from fedanchors.rundir import RunDir, resolve_device, seed_everything
+from fedanchors.rundir import RunDir, resolve_device, seed_everything, versions
 from fedanchors.train import (
     GroupCycler,
     batches,
@@ -293,6 +293,7 @@ def run_centralized(cfg: Config, data: ScenarioData, run: RunDir, resume: bool =
         **dfr,
         "wall_time_s": elapsed + time.time() - t0,
         "device": str(tr.device),
+        "versions": versions(),
     }
     run.write_summary(summary)
     return summary

@@ -81,6 +81,9 @@ class AnchorConfig:
     cov_eps: float = 1e-3
     server_lr: float = 0.05
     server_steps: int = 10
+    # lr of the head in the server's separation steps (sep: classifier); 0 -> optim.lr, the
+    # clients' lr, which is far too large when clients take plain SGD steps at lr ~1
+    server_head_lr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,7 @@ def validate(cfg: Config) -> None:
         "federated.local_steps": cfg.federated.local_steps,
         "federated.actor_restarts": cfg.federated.actor_restarts,
         "federated.prox_mu": cfg.federated.prox_mu,
+        "anchors.server_head_lr": cfg.anchors.server_head_lr,
         "federated.num_gpus": cfg.federated.num_gpus,
         "anchors.lambda_fit": cfg.anchors.lambda_fit,
         "anchors.lambda_sep": cfg.anchors.lambda_sep,

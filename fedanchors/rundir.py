@@ -144,6 +144,20 @@ class RunDir:
         return self.path / "checkpoints" / name
 
 
+def versions() -> dict[str, str]:
+    """The versions that produced a result (read from package metadata: flwr is not imported)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "flwr", "ray", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a ConfigError."""
     if name == "auto":

@@ -39,7 +39,7 @@ from fedanchors.resume import (
     set_global_rng_state,
     truncate_metrics,
 )
-from fedanchors.rundir import RunDir
+from fedanchors.rundir import RunDir, versions
 from fedanchors.server_opt import build_server_optimizer
 
 log = logging.getLogger("fedanchors.server")
@@ -518,4 +518,5 @@ class FedAnchors(Strategy):
             "bytes_received": self.bytes_received,
             "wall_time_s": self.elapsed + time.time() - self.t0,
             "device": "cpu" if self.cfg.federated.num_gpus == 0 else "cuda",
+            "versions": versions(),
         }

@@ -155,3 +155,11 @@ def test_a_group_that_stays_away_ends_the_run_with_exit_4(tmp_path):
     assert res.stderr.strip().splitlines()[-1].startswith("error: digits16 (client 1) gave no reply for 2 rounds")
     assert not (tmp_path / "digits_fed" / "summary.json").exists()
     assert [r["acc_wg"] is None for r in records(tmp_path)] == [False, True, True]
+
+
+def test_federated_divergence_exits_3_without_a_summary(tmp_path):
+    res = simulate(tmp_path, "federated.rounds=4", "optim.lr=100")
+    assert res.returncode == 3, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training diverged:") and "round 1" in last and "Traceback" not in res.stderr
+    assert not (tmp_path / "digits_fed" / "summary.json").exists()
