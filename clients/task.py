@@ -36,8 +36,9 @@ class ClientState:
     """Where a client's private state (encoder, optimizer) lives between rounds.
 
     With a run directory (``state_dir`` in the message config) it is one file per
-    round, ``<run>/clients/<partition>/r<round>.pt``: training in round r starts from the
-    newest file of a round < r, so a run resumed after a kill repeats round r exactly.
+    round, ``<run>/clients/<partition>/r<round>.pt``: a round starts from the file the server
+    names (the last round it saw this client train), so a run resumed after a kill repeats
+    the round exactly, and a missing file is an error, never a silent fresh start.
     The run directory must then be on a filesystem every node sees. Without one (a
     strategy built without a run directory, as in the in-process tests, or a stock Flower
     strategy) it is Flower's ``context.state``.

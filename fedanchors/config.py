@@ -275,6 +275,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
     key, _, raw = text.partition("=")
+    if _field_type(key.strip().split(".")) is str and not raw.strip().startswith(("'", '"')):
+        return key.strip().split("."), raw.strip()  # a name such as 5e1a2 or 1e5 stays text
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -284,6 +286,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(f"--set {text!r}: empty key; expected KEY=VALUE, e.g. --set optim.lr=0.01")
     return key.strip().split("."), value
+
+
+def _field_type(path: list[str]) -> Any:
+    """The annotated type of the config field at ``path`` (None when it is not a field)."""
+    cls: Any = Config
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+        if i == len(path) - 1:
+            return cls
+    return None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -285,6 +285,9 @@ def test_exponent_floats_in_yaml_and_set(tmp_path):
     assert cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 1e-5 and cfg.federated.round_timeout == 1000.0
     assert cfg.anchors.lambda_fit == 2e-4 and cfg.anchors.eps == 1e-6
     assert load_config(None, ["optim.lr=.5"]).optim.lr == 0.5
+    # a text field keeps its text: a sweep point's hash such as 5e123 is a name, not a float
+    assert load_config(None, ["name=5e123"]).name == "5e123"
+    assert load_config(None, ["name=1e5", "data.scenario=digits"]).name == "1e5"
 
 
 def test_set_value_that_is_not_yaml_is_rejected():
