@@ -209,7 +209,8 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     shared = bool(conf["encoder_shared"])
     arrays = pack(head=model.head.state_dict(), **({"encoder": model.encoder.state_dict()} if shared else {}))
-    metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": res["loss"], "fit": res["fit"]})
+    loss = res["loss_first"] if f.group_loss == "first" else res["loss"]  # the group loss GroupDRO reads
+    metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": loss, "fit": res["fit"]})
     content = RecordDict(
         {"global": arrays, "stats": pack_arrays(**model.class_stats(res["stats"])), "metrics": metrics}
     )

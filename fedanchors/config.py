@@ -153,6 +153,10 @@ class FederatedConfig:
     server_tau: float = 1e-3
     prox_mu: float = 0.0  # FedProx: + prox_mu/2 ||w - w_global||^2 on the head and shared encoders
     reset_client_opt: bool = False  # true: a client's optimizer state starts fresh every round
+    # the group loss a client reports (GroupDRO's q reads it): mean CE over its local steps, or the
+    # CE of its first step, taken at the global model (what GroupDRO's update assumes; K > 1 local
+    # steps on a single-label client drive the mean toward 0 for every group)
+    group_loss: str = "mean"
     # a group with no reply (train or evaluate) for this many rounds in a row ends the run
     max_missing_rounds: int = 3
     actor_restarts: int = 3  # a Ray worker that dies is restarted (and its task retried) this often
@@ -208,6 +212,7 @@ _CHOICES = {
     "method.objective": ("weighted", "max", "logsumexp"),
     "optim.name": ("adam", "sgd"),
     "federated.class_stats": ("running", "exact"),
+    "federated.group_loss": ("mean", "first"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 

@@ -131,7 +131,8 @@ def local_train(
     weight of the clients that hold this encoder (w_g for a private one): with plain SGD
     this makes the federated step equal the centralized step on sum_g w_g CE_g, while
     the head takes the unscaled gradient and is averaged by the server with weights w.
-    Returns the mean CE (the group loss for GroupDRO) and mean fit over the steps, and
+    Returns the mean CE and mean fit over the steps, the CE of the first step (at the
+    model the round started from: ``loss_first``), and
     with ``num_classes`` > 0 the class sufficient statistics of the latent codes of the
     last pass over the data ("running" statistics: no extra forward pass).
     ``batch_size`` (when > 0) replaces ``optim.batch_size`` (fixed-ratio group batches).
@@ -141,6 +142,7 @@ def local_train(
     params = list(encoder.parameters()) + list(head.parameters())
     order: list[torch.Tensor] = []
     ce_sum = fit_sum = 0.0
+    first: float | None = None
     stats = None
     for _ in range(steps):
         if not order:
@@ -151,13 +153,13 @@ def local_train(
         z = encoder(x)
         ce = F.cross_entropy(head(z), y)
         if not math.isfinite(float(ce.detach())):  # diverged: report it (the server stops the run)
-            return {"loss": float("nan"), "fit": float("nan"), "stats": None}
+            return {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
         loss = ce
         if cfg_anchors.lambda_fit > 0:
             try:
                 fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps)[0]
             except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
-                return {"loss": float("nan"), "fit": float("nan"), "stats": None}
+                return {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
             loss = loss + cfg_anchors.lambda_fit * fit
             fit_sum += float(fit.detach())
         opt.zero_grad(set_to_none=True)
@@ -170,7 +172,9 @@ def local_train(
             add_prox_grad(prox_ref, prox_mu)
         clip_and_step(opt, params, cfg_optim.grad_clip)
         ce_sum += float(ce.detach())
+        if first is None:  # the loss at the model the round started from (the global one)
+            first = float(ce.detach())
         if num_classes:
             part = class_sufficient_stats(z.detach().cpu(), y.cpu(), num_classes)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
-    return {"loss": ce_sum / steps, "fit": fit_sum / steps, "stats": stats}
+    return {"loss": ce_sum / steps, "loss_first": first, "fit": fit_sum / steps, "stats": stats}

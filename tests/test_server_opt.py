@@ -147,3 +147,24 @@ def test_unknown_server_optimizer_is_a_config_error():
         load_config(None, ["federated.server_beta1=1.0"])
     assert build_server_optimizer("adam", 1.0, 0.9, 0.99, 1e-3).tau == 1e-3
     assert OptimConfig().name == "adam"
+
+
+def test_group_loss_first_is_the_loss_at_the_starting_model(tmp_path):
+    import torch.nn.functional as F
+
+    from fedanchors.data import build_scenario
+    from fedanchors.models import build_anchors, build_encoder, build_head
+    from fedanchors.train import batches, local_train, make_optimizer
+
+    cfg = small_config(tmp_path, optim={"name": "sgd", "lr": 0.5, "batch_size": 32})
+    g = build_scenario(cfg.data).groups[0]
+    enc, head = build_encoder(cfg.model, g.space, g.shape, 0, g.meta), build_head(cfg.model, 10, 0)
+    first_batch = batches(len(g.train), 32, torch.Generator().manual_seed(3))[0]
+    with torch.no_grad():
+        want = float(F.cross_entropy(head(enc(g.train.x[first_batch])), g.train.y[first_batch]))
+    opt = make_optimizer(list(enc.parameters()) + list(head.parameters()), cfg.optim)
+    anchors = build_anchors(cfg.model.latent_dim, 10, 1e-4, 1.0, 0)
+    res = local_train(enc, head, anchors, g.train, opt, cfg.optim, cfg.anchors, 6, 1.0,
+                      torch.Generator().manual_seed(3), torch.device("cpu"))  # fmt: skip
+    assert res["loss_first"] == pytest.approx(want, rel=1e-6)
+    assert res["loss"] != pytest.approx(want, rel=1e-3)  # six steps at lr 0.5 move the mean away
