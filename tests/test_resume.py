@@ -127,3 +127,25 @@ def test_resume_refuses_a_different_config_or_a_broken_directory(centralized, tm
     (broken / "config.yaml").write_text((ref / "config.yaml").read_text())
     assert_one_line_error(cli("--resume", str(broken)), "resume.pt")
     assert sorted(p.name for p in broken.iterdir()) == ["config.yaml"]  # nothing lost or added
+
+
+@pytest.mark.slow
+def test_federated_resume_with_a_server_optimizer_is_exact(tmp_path):
+    """FedAdam's moments, reset client optimizers and first-step group losses survive a SIGKILL."""
+    fed = {"rounds": 5, "server_opt": "adam", "server_lr": 0.01, "local_steps": 3, "group_loss": "first"}
+    fed |= {"reset_client_opt": True}
+    cfg = small_config(
+        tmp_path, mode="federated", federated=fed, optim={"name": "sgd", "lr": 0.1}, data={"max_per_group": 300}
+    )
+    save_config(cfg, tmp_path / "f.yaml")
+    runs = tmp_path / "runs"
+    ref = _start(tmp_path / "f.yaml", "reference")
+    assert ref.wait(timeout=600) == 0, ref.communicate()
+    _kill(tmp_path / "f.yaml", runs, "killed", "round", 3)
+    import torch
+
+    state = torch.load(runs / "killed" / "checkpoints" / "server_resume.pt", weights_only=True)
+    assert state["server_opt"]["m"] and state["server_opt"]["v"]  # the moments are checkpointed
+    res = cli("--resume", str(runs / "killed"))
+    assert res.returncode == 0, res.stderr
+    assert _finished(runs / "killed") == _finished(runs / "reference")
