@@ -138,7 +138,7 @@ class CentralizedTrainer:
 
     def check_model(self, where: str) -> None:
         """Every weight, buffer and anchor of the model is finite."""
-        self.check(module_tensors("", [("model", self.model)]), where)
+        self.check(module_tensors([("model", self.model)]), where)
 
     def _encode(self, xs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Latent codes per group; groups of one input space go through its encoder in one

@@ -30,14 +30,9 @@ def first_non_finite(values: dict[str, float | torch.Tensor | None]) -> tuple[st
     return None
 
 
-def module_tensors(prefix: str, modules: Iterable[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
-    """Every parameter and floating buffer of ``modules`` as ``prefix<name>.<param>``."""
-    out = {}
-    for name, m in modules:
-        for k, t in m.state_dict().items():
-            if t.is_floating_point():
-                out[f"{prefix}{name}.{k}"] = t
-    return out
+def module_tensors(modules: Iterable[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+    """Every parameter and floating buffer of ``modules`` as ``<name>.<param>``."""
+    return {f"{name}.{k}": t for name, m in modules for k, t in m.state_dict().items() if t.is_floating_point()}
 
 
 def check_finite(values: dict[str, float | torch.Tensor | None], where: str, lr: float, checkpoint: str) -> None:
@@ -49,5 +44,5 @@ def check_finite(values: dict[str, float | torch.Tensor | None], where: str, lr:
     raise Diverged(
         f"training diverged: {name} is {value} in {where}; stopped before writing that checkpoint, "
         f"the last good one is kept ({checkpoint}); lower optim.lr (now {lr:g}) or federated.server_lr, "
-        "keep optim.grad_clip > 0, and start a new run"
+        "or clip gradients (optim.grad_clip), and start a new run"
     )

@@ -164,8 +164,7 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
                 backend_name="ray",
                 backend_config=backend,
             )
-        except Exception as e:  # the engine failed: release the ServerApp thread at once
-            holder["abort"].set()
+        except Exception as e:  # the engine failed: the finally below releases the ServerApp thread
             cause = e.__cause__.__cause__ if e.__cause__ and e.__cause__.__cause__ else (e.__cause__ or e)
             reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             holder.setdefault("error", FedAnchorsError(f"the Flower simulation engine failed: {reason}"))

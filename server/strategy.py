@@ -274,7 +274,7 @@ class FedAnchors(Strategy):
         losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
         for p, r in ok:
             losses[p] = float(r.content["metrics"]["loss"])
-        check(module_tensors("", [("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
+        check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
         a = self.cfg.anchors
         stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
         stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}

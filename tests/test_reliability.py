@@ -196,8 +196,6 @@ def test_resume_refuses_a_missing_or_corrupt_client_state_file(tmp_path):
     assert_one_line_error(cli("--resume", str(run)), str(victim), "missing")
     victim.write_bytes(blob[: len(blob) // 2])
     assert_one_line_error(cli("--resume", str(run)), str(victim), "cannot be read safely")
-    victim.write_bytes(blob)
-    assert not (run / "ray").exists()
 
 
 # -- two writers ----------------------------------------------------------------------------
