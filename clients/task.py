@@ -64,9 +64,9 @@ class ClientState:
             raise FileNotFoundError(f"client state file {path} is missing (saved after round {rnd}); restore it")
         return path.read_bytes()
 
-    def save(self, blob: bytes, rnd: int, keep_from: int = 0) -> None:
+    def save(self, blob: bytes, rnd: int, keep_from: int = 0, keep: int = 0) -> None:
         """Write round ``rnd``'s state; drop files older than ``keep_from`` (the round this one
-        started from: the server never names an older one again)."""
+        started from) except ``keep`` (the best model's, which evaluate and the test read)."""
         if self.dir is None:
             self.context.state["client"] = ConfigRecord({"blob": blob})
             return
@@ -74,7 +74,7 @@ class ClientState:
         tmp = self.dir / f"r{rnd}.pt.tmp"
         tmp.write_bytes(blob)
         os.replace(tmp, self.dir / f"r{rnd}.pt")
-        for old in [r for r in self._rounds() if r < keep_from]:
+        for old in [r for r in self._rounds() if r < keep_from and r != keep]:
             (self.dir / f"r{old}.pt").unlink(missing_ok=True)
 
 
@@ -139,13 +139,12 @@ def _is_stock(msg: Message) -> bool:
     return "arrays" in msg.content.array_records
 
 
-def _setup(msg: Message, context: Context, cfg: Config) -> tuple[int, int, ScenarioData, ClientState]:
+def _setup(msg: Message, context: Context, cfg: Config, state_dir: str) -> tuple[int, int, ScenarioData, ClientState]:
     pid = int(context.node_config["partition-id"])
     conf = msg.content["config"]
     rnd = int(conf["server-round"] if _is_stock(msg) else conf["round"])
     seed_everything(stable_seed(cfg.seed, "client", pid, rnd), cfg.deterministic)
-    state_dir = "" if _is_stock(msg) else str(conf.get("state_dir", ""))
-    return pid, rnd, scenario(cfg), ClientState(context, state_dir, pid)
+    return pid, rnd, scenario(cfg), ClientState(context, "" if _is_stock(msg) else state_dir, pid)
 
 
 def _fault(cfg: Config, pid: int, rnd: int) -> None:
@@ -164,9 +163,9 @@ def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: Clien
     return ClientModel(cfg, data.groups[pid], data.num_classes, store.load(rnd), source)
 
 
-def train(msg: Message, context: Context, cfg: Config) -> Message:
+def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
-    pid, rnd, data, store = _setup(msg, context, cfg)
+    pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
     group = data.groups[pid]
     _fault(cfg, pid, rnd)
     model = _model(cfg, msg, data, pid, store)
@@ -202,7 +201,10 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
         prox_mu=f.prox_mu,
         prox_ref=prox,
     )
-    store.save(model.blob(), rnd, keep_from=int(conf.get("state_round", 0) or 0) if not stock else 0)
+    keep_from, keep = (
+        (int(conf.get("state_round", 0) or 0), int(conf.get("keep_round", 0) or 0)) if not stock else (0, 0)
+    )
+    store.save(model.blob(), rnd, keep_from, keep)
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
         arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
@@ -217,16 +219,20 @@ def train(msg: Message, context: Context, cfg: Config) -> Message:
     return Message(content, reply_to=msg)
 
 
-def evaluate(msg: Message, context: Context, cfg: Config) -> Message:
-    """Per-class correct/total and summed loss on val and test with the global head."""
-    pid, rnd, data, store = _setup(msg, context, cfg)
+def evaluate(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> Message:
+    """Per-class correct/total and summed loss on the asked splits (val and test for a stock
+    strategy) with the global head."""
+    pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
     if msg.content["config"].get("state_round") is not None:  # FedAnchors evaluation, not a stock strategy's
         _fault(cfg, pid, rnd)
     model = _model(cfg, msg, data, pid, store)
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
     out: dict = {"partition": pid}
-    for split in ("val", "test"):
+    splits = ("val", "test") if stock else str(msg.content["config"]["splits"]).split(",")
+    if not set(splits) <= {"train", "val", "test"}:
+        raise ValueError(f"evaluate: unknown split in {splits}")
+    for split in splits:
         correct, total, loss = split_counts(
             model.encoder, model.head, getattr(model.group, split), data.num_classes, 512, model.device
         )

@@ -8,34 +8,22 @@ method; GroupDRO updates q after the optimizer step.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from fedanchors.analysis import anchor_w2, cross_group_w2
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.dfr import linear_head, select_and_fit
 from fedanchors.health import check_finite, module_tensors
+from fedanchors.loop import run_loop
 from fedanchors.methods import Method, build_method
 from fedanchors.metrics import split_counts, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.resume import (
-    RESUME_KEYS,
-    CheckpointError,
-    Interrupted,
-    StopFlag,
-    global_rng_state,
-    load,
-    save_atomic,
-    set_global_rng_state,
-    truncate_metrics,
-)
-from fedanchors.rundir import RunDir, resolve_device, seed_everything, versions
+from fedanchors.resume import CheckpointError, global_rng_state, set_global_rng_state
+from fedanchors.rundir import RunDir, resolve_device, seed_everything
 from fedanchors.train import (
     GroupCycler,
     batches,
@@ -62,7 +50,11 @@ class CentralModel(nn.Module):
 
 
 class CentralizedTrainer:
-    """Owns model, optimizer and method; ``train_step`` on one mixed batch."""
+    """Owns model, optimizer and method; ``train_step`` on one mixed batch. Implements
+    ``fedanchors.loop.Trainer`` (one epoch per step of the loop)."""
+
+    mode, unit, eval_every = "centralized", "epoch", 1
+    files = {"resume": "resume.pt", "best": "best.pt", "last": "last.pt"}
 
     def __init__(self, cfg: Config, data: ScenarioData, device: torch.device | None = None) -> None:
         seed_everything(cfg.seed, cfg.deterministic)
@@ -82,6 +74,51 @@ class CentralizedTrainer:
         self.group_batch = group_batch_sizes(data.names, cfg.optim)
         self.cyclers = [GroupCycler(int(n), self.gen) for n in sizes]
         self.steps = steps_per_epoch(sizes.tolist(), data.names, cfg.optim)
+        self.total = cfg.optim.epochs
+
+    # -- fedanchors.loop.Trainer ---------------------------------------------------------
+    def setup(self) -> None:
+        pass
+
+    def train(self, t: int) -> dict[str, float]:
+        """Epoch ``t``: the step means of the objective's terms."""
+        sums: dict[str, float] = {}
+        steps = self.epoch_batches()
+        for idx in steps:
+            for k, v in self.train_step(idx, t - 1).items():
+                sums[k] = sums.get(k, 0.0) + v
+        self.check_model(f"epoch {t}")
+        return {k: v / len(steps) for k, v in sums.items()}
+
+    def evaluate(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        return {s: self.metrics(s) for s in splits}
+
+    def extras(self) -> dict[str, float]:
+        out = anchor_w2(dict(self.model.encoders), self.model.anchors, self.data)
+        return out | {f"q:{n}": float(q) for n, q in zip(self.data.names, self.method.q)}
+
+    def end(self, t: int) -> None:
+        return None
+
+    def on_best(self, t: int) -> None:
+        pass
+
+    def model_state(self) -> dict:
+        return {"model": self.model.state_dict(), "method": self.method.state_dict()}
+
+    def load_model_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+    def final(self) -> dict:
+        """Cross-group distances and DFR, with the best model loaded."""
+        out = {}
+        if len(self.data.groups) > 1:  # how close the groups' class Gaussians sit in the latent space
+            out.update(
+                {f"test_{k}": v for k, v in cross_group_w2(dict(self.model.encoders), self.data, "test").items()}
+            )
+        if self.cfg.dfr.enabled:
+            out.update(self.dfr())
+        return out | {"device": str(self.device)}
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """This epoch's mixed batches of union indices: uniform over the union, or with
@@ -151,7 +188,7 @@ class CentralizedTrainer:
                 out.update(zip(gs, torch.split(z, [len(xs[g]) for g in gs])))
         return out
 
-    def evaluate(self, split: str, head: nn.Module | None = None) -> dict[str, float]:
+    def metrics(self, split: str, head: nn.Module | None = None) -> dict[str, float]:
         """Group-wise metrics on ``val`` or ``test`` (with another ``head`` when given)."""
         C, head = self.data.num_classes, head or self.model.head
         rows = [
@@ -181,18 +218,18 @@ class CentralizedTrainer:
         z, y, g = self.codes("val")
         seed = stable_seed(self.cfg.seed, "dfr")
         C, scores, W, b = select_and_fit(z, y, g, self.cfg.dfr, self.data.num_classes, seed)
-        test = self.evaluate("test", linear_head(W, b).to(self.device))
+        test = self.metrics("test", linear_head(W, b).to(self.device))
         return {"dfr_C": C, **{f"dfr_val_wg:C={c}": v for c, v in scores.items()}} | {
             f"dfr_test_{k}": v for k, v in test.items()
         }
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "method": self.method.state_dict()}
-
     def resume_state(self) -> dict:
         """Everything the next epoch depends on: weights, optimizer, q and every generator."""
+        return {"trainer": self.trainer_state()}
+
+    def trainer_state(self) -> dict:
         return {
-            **self.state_dict(),
+            **self.model_state(),
             "opt": self.opt.state_dict(),
             "gen": self.gen.get_state(),
             "sep_gen": self.sep_gen.get_state(),
@@ -202,6 +239,7 @@ class CentralizedTrainer:
 
     def load_resume_state(self, state: dict, path=None) -> None:
         """Restore ``resume_state``; a state of another shape is a one-line ``CheckpointError``."""
+        state = state["trainer"]
         try:
             self.model.load_state_dict(state["model"])
             self.method.load_state_dict(state["method"])
@@ -220,80 +258,7 @@ class CentralizedTrainer:
             ) from None
 
 
-def run_centralized(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:
-    """Train for ``optim.epochs``, validate each epoch, test the best-``acc_wg`` checkpoint.
-
-    Each epoch ends with ``checkpoints/resume.pt``; ``resume=True`` continues from it.
-    Ctrl-C stops after the current epoch's checkpoint (``Interrupted``).
-    """
-    t0 = time.time()
-    tr = CentralizedTrainer(cfg, data)
-    best, best_epoch, start, elapsed = -1.0, 0, 1, 0.0
-    if resume:
-        state = load(run.checkpoint("resume.pt"), tr.device, RESUME_KEYS, "resume checkpoint")
-        tr.load_resume_state(state["trainer"], run.checkpoint("resume.pt"))
-        best, best_epoch, elapsed = state["best"], state["best_epoch"], state["elapsed"]
-        start = state["epoch"] + 1
-        truncate_metrics(run.path, "epoch", state["epoch"])
-    bar = tqdm(
-        range(start, cfg.optim.epochs + 1),
-        desc=f"{cfg.name} centralized",
-        unit="epoch",
-        disable=None if cfg.progress else True,
-    )
-    epoch = start - 1
-    stopped = resume and state.get("stopped", False)
-    with StopFlag() as stop:
-        for epoch in bar if not stopped else []:
-            sums: dict[str, float] = {}
-            steps = tr.epoch_batches()
-            for idx in steps:
-                for k, v in tr.train_step(idx, epoch - 1).items():
-                    sums[k] = sums.get(k, 0.0) + v
-            tr.check_model(f"epoch {epoch}")
-            val = tr.evaluate("val")
-            record = {"epoch": epoch, **{k: v / len(steps) for k, v in sums.items()}, **val}
-            record.update(anchor_w2(dict(tr.model.encoders), tr.model.anchors, data))
-            record.update({f"q:{n}": float(q) for n, q in zip(data.names, tr.method.q)})
-            run.log(record)
-            if val["acc_wg"] > best:
-                best, best_epoch = val["acc_wg"], epoch
-                save_atomic(tr.state_dict(), run.checkpoint("best.pt"))
-            bar.set_postfix(val_acc_wg=f"{val['acc_wg']:.3f}")
-            stopped = bool(cfg.optim.patience and epoch - best_epoch >= cfg.optim.patience)
-            resume_state = {
-                "trainer": tr.resume_state(),
-                "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "stopped": stopped,
-                "elapsed": elapsed + time.time() - t0,
-            }
-            save_atomic(resume_state, run.checkpoint("resume.pt"))
-            if stop.requested and epoch < cfg.optim.epochs and not stopped:
-                raise Interrupted(
-                    f"interrupted after epoch {epoch}, checkpoint written; continue with "
-                    f"python -m fedanchors.simulate --resume {run.path}"
-                )
-            if stopped:
-                break  # early stopping on validation acc_wg
-    save_atomic(tr.state_dict(), run.checkpoint("last.pt"))
-    state = torch.load(run.checkpoint("best.pt"), map_location=tr.device, weights_only=True)
-    tr.model.load_state_dict(state["model"])
-    test = tr.evaluate("test")
-    if len(data.groups) > 1:  # how close the groups' class Gaussians sit in the latent space
-        test.update(cross_group_w2(dict(tr.model.encoders), data, "test"))
-    dfr = tr.dfr() if cfg.dfr.enabled else {}
-    summary = {
-        "mode": "centralized",
-        "best_epoch": best_epoch,
-        "epochs_run": epoch,
-        "best_val_acc_wg": best,
-        **{f"test_{k}": v for k, v in test.items()},
-        **dfr,
-        "wall_time_s": elapsed + time.time() - t0,
-        "device": str(tr.device),
-        "versions": versions(),
-    }
-    run.write_summary(summary)
-    return summary
+def run_centralized(cfg: Config, data: ScenarioData, run: RunDir | None, resume: bool = False) -> dict:
+    """Train for ``optim.epochs`` through the shared loop (``fedanchors.loop``): validate every
+    epoch, test the best-``acc_wg`` checkpoint; ``resume=True`` continues from ``resume.pt``."""
+    return run_loop(CentralizedTrainer(cfg, data), cfg, run, resume=resume)

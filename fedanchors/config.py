@@ -144,6 +144,8 @@ class FederatedConfig:
     class_stats: str = "running"  # running: from the last local pass; exact: an extra pass after training
     min_clients: int = 1
     round_timeout: float = 600.0
+    # how long the server waits for one client per group to connect (too many fail at once)
+    connect_timeout: float = 60.0
     # server optimizer on the averaged update of the head and shared encoders (fedanchors.server_opt):
     # sgd with server_lr 1 is plain averaging; momentum = FedAvgM; adam / yogi / adagrad (Reddi et al.)
     server_opt: str = "sgd"
@@ -413,6 +415,7 @@ def validate(cfg: Config) -> None:
         "federated.rounds": cfg.federated.rounds,
         "federated.local_epochs": cfg.federated.local_epochs,
         "federated.round_timeout": cfg.federated.round_timeout,
+        "federated.connect_timeout": cfg.federated.connect_timeout,
         "federated.max_missing_rounds": cfg.federated.max_missing_rounds,
         "federated.server_lr": cfg.federated.server_lr,
         "federated.server_tau": cfg.federated.server_tau,

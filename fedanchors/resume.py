@@ -127,11 +127,12 @@ def truncate_metrics(run_path: Path, key: str, last: int) -> None:
     os.replace(tmp, path)
 
 
-RESUME_KEYS = ("trainer", "epoch", "best", "best_epoch", "elapsed")  # centralized resume.pt
+LOOP_KEYS = ("best", "best_t", "stopped", "elapsed")  # fedanchors.loop's own, in both modes
+RESUME_KEYS = ("epoch", *LOOP_KEYS, "trainer")  # centralized resume.pt
 TRAINER_KEYS = ("model", "method", "opt", "gen", "sep_gen", "cyclers", "rng")
 SERVER_KEYS = (  # federated server_resume.pt
-    "round", "head", "anchors", "encoders", "method", "last_losses", "sep_gen", "best", "bytes",
-    "train_record", "last_stats", "stopped", "elapsed", "rng", "client_rounds", "server_opt",
+    "round", *LOOP_KEYS, "head", "anchors", "encoders", "method", "last_losses", "sep_gen", "bytes",
+    "last_stats", "rng", "client_rounds", "best_rounds", "server_opt",
 )  # fmt: skip
 CLIENT_KEYS = ("encoder", "opt")  # clients/<partition>/r<round>.pt
 

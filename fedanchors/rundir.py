@@ -105,8 +105,24 @@ class RunDir:
             raise ConfigError(
                 f"out_dir: cannot create a run directory under {cfg.out_dir!r} ({e.strerror}); pick a writable out_dir"
             ) from None
+        return cls._init(path, cfg)
+
+    @classmethod
+    def create_at(cls, path: Path, cfg: Config) -> RunDir:
+        """A run directory at exactly ``path`` (``flwr run``'s ``run-dir``, which the clients
+        are told too); one that already holds a run is refused."""
+        if (path / "config.yaml").exists():
+            raise ConfigError(f"run directory {path} already holds a run; pick a new run-dir")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"run-dir: cannot create {path} ({e.strerror}); pick a writable path") from None
+        return cls._init(path, cfg)
+
+    @classmethod
+    def _init(cls, path: Path, cfg: Config) -> RunDir:
         run = cls(path)
-        (path / "checkpoints").mkdir()
+        (path / "checkpoints").mkdir(exist_ok=True)
         save_config(cfg, path / "config.yaml")
         return run
 

@@ -159,7 +159,7 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
         try:
             run_simulation(
                 server_app,
-                make_client_app(cfg),
+                make_client_app(cfg, str(run.path.resolve() / "clients")),
                 num_supernodes=len(data.groups),
                 backend_name="ray",
                 backend_config=backend,
@@ -173,8 +173,6 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     if "error" in holder:
         err = holder["error"]
         raise err if isinstance(err, FedAnchorsError) else FedAnchorsError(f"federated run failed: {err}")
-    if "strategy" not in holder:
-        raise FedAnchorsError("the Flower simulation ended before the server started; see the log above")
-    summary = holder["strategy"].finish()
-    run.write_summary(summary)
-    return summary
+    if "summary" not in holder:
+        raise FedAnchorsError("the Flower simulation ended before the server finished; see the log above")
+    return holder["summary"]

@@ -1,8 +1,9 @@
-"""FedAnchors: GroupDRO, head/encoder aggregation and the W2 anchor fit as Strategy hooks.
+"""FedAnchors: the server's state and maths, and the messages of a round.
 
-Flower's ``Strategy.start`` drives the rounds; this class only overrides the hooks. Its
-maths are the library's (``fedanchors.aggregate``, ``fedanchors.methods``), the same
-functions the centralized mode uses.
+GroupDRO weights, head/encoder aggregation with the server optimizer and the W2 anchor
+fit, over the library's functions (``fedanchors.aggregate``, ``fedanchors.methods``), the
+same the centralized mode uses. The rounds themselves are run by ``fedanchors.loop``
+through ``server.driver``; nothing here loops, checkpoints or decides when to stop.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
-from tqdm import tqdm
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
@@ -30,33 +30,27 @@ from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
 from fedanchors.metrics import summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.resume import (
-    SERVER_KEYS,
-    Interrupted,
-    global_rng_state,
-    load,
-    save_atomic,
-    set_global_rng_state,
-    truncate_metrics,
-)
-from fedanchors.rundir import RunDir, versions
+from fedanchors.resume import global_rng_state, set_global_rng_state
 from fedanchors.server_opt import build_server_optimizer
 
 log = logging.getLogger("fedanchors.server")
 
 
-class FedAnchors(Strategy):
-    """Server state: head, anchors, shared encoders, GroupDRO q; one client per group."""
+class FedAnchors:
+    """Server state: head, anchors, shared encoders, GroupDRO q; one client per group.
+
+    ``errors``: where clients' tracebacks go (``<run>/client_errors.log``), or None.
+    """
 
     def __init__(
         self,
         cfg: Config,
         num_clients: int,
         num_classes: int,
-        run: RunDir | None = None,
         class_sets: dict[str, list[int]] | None = None,
+        errors: Path | None = None,
     ) -> None:
-        self.cfg, self.run, self.num_clients = cfg, run, num_clients
+        self.cfg, self.num_clients, self.errors = cfg, num_clients, errors
         self.class_sets = class_sets or {}
         m, a = cfg.model, cfg.anchors
         self.head = build_head(m, num_classes, cfg.seed)
@@ -73,40 +67,33 @@ class FedAnchors(Strategy):
         self.weights = torch.empty(0)
         self.last_losses: torch.Tensor | None = None  # each group's latest loss (carried over a missed round)
         self.client_rounds: list[int] = []  # per partition: the last round it trained (its state file)
+        self.best_rounds: list[int] = []  # per partition: the state file of the best model (clients keep it)
         self.missing: list[int] = []  # per partition: rounds in a row without a reply
         self.round_ok: set[int] = set()
-        self.train_record: dict[str, float] = {}
-        self.best: dict = {"val_acc_wg": -1.0}
         self.bytes_sent = self.bytes_received = 0
         self.round_bytes = [0, 0]
-        self.stopped, self.rounds_run = False, 0
         self.last_stats: dict[str, torch.Tensor] | None = None  # the last round's class statistics
-        self.offset, self.pending, self.elapsed = 0, None, 0.0  # resume: rounds already run, their state
-        self.stop_flag = None  # a fedanchors.resume.StopFlag, set by the driver
-        self.dfr_summary: dict = {}
-        self.t0 = time.time()
-        self.bar = tqdm(
-            total=cfg.federated.rounds,
-            desc=f"{cfg.name} federated",
-            unit="round",
-            disable=None if cfg.progress else True,
-        )
 
     # -- setup ------------------------------------------------------------------------
-    def _discover(self, grid: Grid) -> None:
-        """Wait for every node, then ask each which partition, group and space it is."""
-        deadline = time.time() + self.cfg.federated.round_timeout
+    def discover(self, grid: Grid) -> None:
+        """Wait for every node, then ask each which partition, group and space it is.
+
+        More nodes than groups fails at once; fewer fails after ``federated.connect_timeout``."""
+        deadline = time.time() + self.cfg.federated.connect_timeout
         while len(ids := list(grid.get_node_ids())) < self.num_clients:
             if time.time() > deadline:
                 raise FedAnchorsError(
-                    f"only {len(ids)} of {self.num_clients} clients connected within federated.round_timeout="
-                    f"{self.cfg.federated.round_timeout:g} s; check the Ray resources or the SuperNodes"
+                    f"only {len(ids)} of {self.num_clients} clients (one per group) connected within "
+                    f"federated.connect_timeout={self.cfg.federated.connect_timeout:g} s; start one SuperNode per "
+                    "group (or check the Ray resources)"
                 )
             time.sleep(0.1)
+        time.sleep(0.5)  # a node more than groups, registering just after the others, is seen too
+        ids = list(grid.get_node_ids())
         if len(ids) > self.num_clients:
             raise FedAnchorsError(
                 f"{len(ids)} clients connected but the config has {self.num_clients} groups; "
-                "start one SuperNode per group"
+                "start exactly one SuperNode per group"
             )
         msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n, group_id="query") for n in ids]
         replies = [
@@ -117,6 +104,11 @@ class FedAnchors(Strategy):
         info = {}
         for r in replies:
             pid = int(r.content["metrics"]["partition"])
+            if pid in info or not 0 <= pid < self.num_clients:
+                raise FedAnchorsError(
+                    f"two clients claim partition {pid} (or it is outside 0..{self.num_clients - 1}); give each "
+                    "SuperNode its own --node-config partition-id"
+                )
             self.nodes[pid] = r.metadata.src_node_id
             c = r.content["info"]
             info[pid] = {
@@ -128,6 +120,7 @@ class FedAnchors(Strategy):
             }
         self.info = [info[p] for p in sorted(info)]
         self.client_rounds = [0] * len(self.info)
+        self.best_rounds = [0] * len(self.info)
         self.missing = [0] * len(self.info)
         self.method = build_method(self.cfg.method, self.names)
         spaces = [i["space"] for i in self.info]
@@ -136,14 +129,6 @@ class FedAnchors(Strategy):
                 self.encoders[i["space"]] = build_encoder(
                     self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
                 )
-
-    def _ensure_ready(self, grid: Grid) -> None:
-        """Discover the clients once; when resuming, load the saved state after that."""
-        if not self.nodes:
-            self._discover(grid)
-            if self.pending is not None:  # the saved state, now that the groups are known
-                self._load_state(self.pending)
-                self.pending = None
 
     @property
     def names(self) -> list[str]:
@@ -157,9 +142,9 @@ class FedAnchors(Strategy):
     def _messages(self, kind: str, rnd: int, config: dict) -> list[Message]:
         out = []
         for pid, nid in sorted(self.nodes.items()):
-            extra = {"state_dir": str(self.run.path.resolve() / "clients")} if self.run else {}
-            # which of its state files the client starts from: the last round it trained (0: fresh)
-            extra["state_round"] = self.client_rounds[pid]
+            # which of its state files the client starts from (the last round it trained; 0: fresh)
+            # and which older one it must keep (the best model's)
+            extra = {"state_round": self.client_rounds[pid], "keep_round": self.best_rounds[pid]}
             conf = ConfigRecord(
                 {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
             )
@@ -191,8 +176,8 @@ class FedAnchors(Strategy):
             self._count(0, message_bytes(r))
             if r.has_error():
                 reason = (r.error.reason or "").strip().splitlines()
-                if self.run:  # the full traceback, for debugging a client
-                    with open(self.run.path / "client_errors.log", "a") as fh:
+                if self.errors is not None:  # the full traceback, for debugging a client
+                    with open(self.errors, "a") as fh:
                         fh.write(f"round {rnd} client {self._partition(r)}:\n{r.error.reason}\n\n")
                 log.warning(
                     "round %d: client %d failed: %s",
@@ -205,13 +190,8 @@ class FedAnchors(Strategy):
         return sorted(ok, key=lambda t: t[0])
 
     # -- train ------------------------------------------------------------------------
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        server_round += self.offset
-        if self.stopped:  # early stopping: Strategy.start runs on, with nothing to send
-            return []
-        self._ensure_ready(grid)
+    def configure_train(self, rnd: int) -> list[Message]:
+        """Round ``rnd``'s train messages: every client, with this round's group weights."""
         gb = self.cfg.optim.group_batch  # fixed-ratio batches: a group counts by its share of a step
         counts = torch.tensor([gb[i["group"]] if gb else i["n"] for i in self.info])
         # every client is asked to train: a group that missed a round counts with its last loss
@@ -219,41 +199,61 @@ class FedAnchors(Strategy):
         losses = self.last_losses
         if losses is not None and bool(torch.isnan(losses).any()):
             losses = None
-        self.weights = self.method.weights(counts, losses, server_round - 1)
+        self.weights = self.method.weights(counts, losses, rnd - 1)
         spaces = [i["space"] for i in self.info]
         scale = space_weights(spaces, self.weights)
         shared = [s in self.encoders for s in spaces]
         config = {"encoder_scale": scale, "encoder_shared": shared}
-        return self._messages(MessageType.TRAIN, server_round, config)
+        return self._messages(MessageType.TRAIN, rnd, config)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        server_round += self.offset
-        if self.stopped:
-            return None, None
-        ok = self._split_replies(server_round, replies)
+    def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
+        """Aggregate round ``rnd``'s replies into the server state; the round's training metrics."""
+        ok = self._split_replies(rnd, replies)
         if len(ok) < self.cfg.federated.min_clients:
             raise FedAnchorsError(
-                f"round {server_round}: {len(ok)} client replies, fewer than federated.min_clients="
+                f"round {rnd}: {len(ok)} client replies, fewer than federated.min_clients="
                 f"{self.cfg.federated.min_clients}; see the client errors above (tracebacks: client_errors.log)"
             )
         pids = [p for p, _ in ok]
         self.round_ok = set(pids)
-        where = f"round {server_round}"
-        check = self._checker(where)
-        check(
-            {f"the training loss of group {self.info[p]['group']}": float(r.content["metrics"]["loss"]) for p, r in ok}
-        )
+        check = self._checker(f"round {rnd}")
+        losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
+        for p, r in ok:
+            losses[p] = float(r.content["metrics"]["loss"])
+        check({f"the training loss of group {self.info[p]['group']}": float(losses[p]) for p in pids})
         w = [float(self.weights[p]) for p in pids]
         if sum(w) <= 0:
             raise RunFailed(
-                f"{where}: the clients that answered ({', '.join(self.names[p] for p in pids)}) all have weight 0 "
+                f"round {rnd}: the clients that answered ({', '.join(self.names[p] for p in pids)}) all have weight 0 "
                 f"under method {self.cfg.method.name}; no update is possible"
             )
         for p in pids:
-            self.client_rounds[p] = server_round
-        # shared parts: the weighted average of the clients' models, then the server optimizer's step
+            self.client_rounds[p] = rnd
+        self._update_shared(ok, w)
+        check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
+        stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
+        stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
+        self.last_stats = stacked
+        check({f"the class statistics ({k})": v for k, v in stacked.items()})
+        wt = torch.tensor(w, dtype=torch.float64) / sum(w)
+        fits = torch.tensor([float(r.content["metrics"]["fit"]) for _, r in ok], dtype=torch.float64)
+        # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
+        rec = {"loss": float((wt * losses[pids]).sum()), "fit": float((wt * fits).sum())}
+        rec.update(self._fit_anchors(stacked, torch.tensor(w) / sum(w), pids, check))
+        self.method.step(losses, rnd - 1)
+        check(
+            {
+                "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
+                "q": self.method.q,
+            }
+        )
+        carried = losses if self.last_losses is None else torch.where(torch.isnan(losses), self.last_losses, losses)
+        self.last_losses = carried
+        return rec
+
+    def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> None:
+        """Head and shared encoders: the weighted average of the clients' models, then the
+        server optimizer's step (``sgd`` at lr 1: the average itself)."""
         current = {f"head.{k}": v for k, v in self.head.state_dict().items()}
         averaged = {
             f"head.{k}": v for k, v in weighted_average([unpack(r.content["global"], HEAD) for _, r in ok], w).items()
@@ -271,92 +271,37 @@ class FedAnchors(Strategy):
             part = {k[len(pre) :]: v for k, v in new.items() if k.startswith(pre)}
             if part:
                 enc.load_state_dict(part)
-        losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
-        for p, r in ok:
-            losses[p] = float(r.content["metrics"]["loss"])
-        check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
+
+    def _fit_anchors(self, stacked: dict, wt: torch.Tensor, pids: list[int], check) -> dict[str, float]:
+        """The server's anchor update on the clients' class moments; its metrics."""
         a = self.cfg.anchors
-        stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
-        stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
-        self.last_stats = stacked
-        rec = {
-            "loss": float(losses[pids].mean()),
-            "fit": sum(float(r.content["metrics"]["fit"]) for _, r in ok) / len(ok),
-        }
-        check({f"the class statistics ({k})": v for k, v in stacked.items()})
-        if a.lambda_fit > 0 or a.lambda_sep > 0:
-            wt = torch.tensor(w) / sum(w)
-            try:
-                res = fit_anchors(
-                    self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt, a,
-                    self.cfg.optim, self.sep_gen,
-                )  # fmt: skip
-            except torch.linalg.LinAlgError:  # only ever on overflowing statistics
-                check({"the anchor fit (an eigendecomposition failed on the clients' statistics)": float("nan")})
-            rec.update({"anchor_fit": res["fit"], "sep": res["sep"]})
-            with torch.no_grad():
-                am, ac = self.anchors.means, self.anchors.covariances()
-                per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
-            rec.update({f"w2_anchor:{self.info[p]['group']}": float(v) for p, v in zip(pids, per_group)})
-        self.method.step(losses, server_round - 1)
-        check(
-            {
-                "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
-                "q": self.method.q,
-            }
-        )
-        carried = losses if self.last_losses is None else torch.where(torch.isnan(losses), self.last_losses, losses)
-        self.last_losses = carried
-        self.train_record = rec
-        arrays = pack(head=self.head.state_dict(), anchors=self.anchors.state_dict())
-        return arrays, MetricRecord({k: float(v) for k, v in rec.items()})
+        if not (a.lambda_fit > 0 or a.lambda_sep > 0):
+            return {}
+        try:
+            res = fit_anchors(
+                self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt, a,
+                self.cfg.optim, self.sep_gen,
+            )  # fmt: skip
+        except torch.linalg.LinAlgError:  # only ever on overflowing statistics
+            check({"the anchor fit (an eigendecomposition failed on the clients' statistics)": float("nan")})
+        rec = {"anchor_fit": res["fit"], "sep": res["sep"]}
+        with torch.no_grad():
+            am, ac = self.anchors.means, self.anchors.covariances()
+            per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
+        return rec | {f"w2_anchor_train:{self.info[p]['group']}": float(v) for p, v in zip(pids, per_group)}
 
     # -- evaluate ---------------------------------------------------------------------
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        server_round += self.offset
-        every = self.cfg.federated.eval_every
-        if self.stopped or (server_round % every and server_round != self.cfg.federated.rounds):
-            return []  # evaluate every ``eval_every`` rounds and after the last
-        return self._messages(MessageType.EVALUATE, server_round, {})
+    def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:
+        return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)})
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        server_round += self.offset
-        if self.stopped:
-            return None
-        self.rounds_run = server_round
-        replies = list(replies)  # empty on rounds that skip evaluation (federated.eval_every)
-        val = self._record_evaluation(server_round, replies) if replies else None
-        self.bar.update(1)
-        for p in range(len(self.info)):
-            self.missing[p] = 0 if p in self.round_ok else self.missing[p] + 1
-        self._save_state(server_round)
-        self._check_missing(server_round)
-        self._check_stop(server_round)
-        return None if val is None else MetricRecord({k: float(v) for k, v in val.items()})
-
-    def _record_evaluation(self, server_round: int, replies: list[Message]) -> dict[str, float]:
-        """Log the round's validation metrics, track the best round, apply early stopping."""
-        ok = self._split_replies(server_round, replies)
+    def aggregate_evaluate(self, rnd: int, replies: Iterable[Message], splits: tuple[str, ...]) -> dict:
+        """Per split, the group-wise metrics over the clients' counts (NaN worst-group and
+        overall accuracies unless every group answered)."""
+        ok = self._split_replies(rnd, replies)
         self.round_ok &= {p for p, _ in ok}
-        out = {s: self._summarize(s, ok) for s in ("val", "test")}
-        record = {"round": server_round, "epoch": server_round, **self.train_record, **out["val"]}
-        record["eval_complete"] = len(ok) == len(self.info)  # else acc_wg, acc_all, acc_bal are null
-        record.update({f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)})
-        record.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
-        self.round_bytes = [0, 0]
-        if self.run:
-            self.run.log(record)
-        if out["val"]["acc_wg"] > self.best["val_acc_wg"]:
-            self.best = {"val_acc_wg": out["val"]["acc_wg"], "round": server_round, "test": out["test"]}
-            if self.run:
-                save_atomic(self._server_state(), self.run.checkpoint("best_server.pt"))
-        self.bar.set_postfix(val_acc_wg=f"{out['val']['acc_wg']:.3f}")
-        patience = self.cfg.optim.patience
-        if patience and server_round - self.best.get("round", 0) >= patience:
-            self.stopped = True  # early stopping on validation acc_wg
-        return out["val"]
+        out = {s: self._summarize(s, ok) for s in splits}
+        out["complete"] = len(ok) == len(self.info)
+        return out
 
     def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
         G, C = len(self.info), self.anchors.num_classes
@@ -370,80 +315,71 @@ class FedAnchors(Strategy):
             loss[p] = float(m[f"{split}_loss"])
         return summarize(self.names, correct, total, loss, self.class_sets)
 
-    # -- checkpoint / resume ------------------------------------------------------------
-    def _save_state(self, rnd: int) -> None:
-        """Everything the next round depends on, after round ``rnd`` (clients keep their own)."""
-        if not self.run:
-            return
-        state = {
-            "round": rnd,
+    def record_extras(self) -> dict[str, float]:
+        """q and the bytes since the last record."""
+        out = {f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)}
+        out.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
+        self.round_bytes = [0, 0]
+        return out
+
+    def count_missing(self) -> None:
+        for p in range(len(self.info)):
+            self.missing[p] = 0 if p in self.round_ok else self.missing[p] + 1
+
+    def missing_error(self, rnd: int) -> RunFailed | None:
+        """A group without any reply for ``federated.max_missing_rounds`` rounds in a row ends
+        the run: results over the remaining groups would not be a worst-group accuracy."""
+        limit = self.cfg.federated.max_missing_rounds
+        lost = [p for p, m in enumerate(self.missing) if m >= limit]
+        if not lost:
+            return None
+        names = ", ".join(f"{self.info[p]['group']} (client {p})" for p in lost)
+        return RunFailed(
+            f"{names} gave no reply for {limit} rounds in a row (to round {rnd}; federated.max_missing_rounds="
+            f"{limit}); a worst-group accuracy without it would be over a subset of the groups. "
+            f"The causes are in client_errors.log; the checkpoint after round {rnd} is kept (--resume)"
+        )
+
+    # -- state ----------------------------------------------------------------------------
+    def model_state(self) -> dict:
+        """The server's model: head, anchors, shared encoders, q, the class statistics it was
+        fitted on, and which state file holds each client's private encoder."""
+        return {
+            "head": self.head.state_dict(),
+            "anchors": self.anchors.state_dict(),
+            "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
+            "q": self.method.q,
+            "stats": self.last_stats,
+            "client_rounds": list(self.client_rounds),
+        }
+
+    def load_model_state(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.anchors.load_state_dict(state["anchors"])
+        for k, e in self.encoders.items():
+            e.load_state_dict(state["encoders"][k])
+        self.last_stats = state["stats"]
+        self.client_rounds = [int(r) for r in state["client_rounds"]]
+
+    def resume_state(self) -> dict:
+        """Everything the next round depends on (clients keep their own state)."""
+        return {
             "head": self.head.state_dict(),
             "anchors": self.anchors.state_dict(),
             "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
             "method": self.method.state_dict(),
             "last_losses": self.last_losses,
             "sep_gen": self.sep_gen.get_state(),
-            "best": self.best,
             "bytes": (self.bytes_sent, self.bytes_received, list(self.round_bytes)),
-            "train_record": self.train_record,
             "last_stats": self.last_stats,
-            "stopped": self.stopped,
-            "elapsed": self.elapsed + time.time() - self.t0,
             "rng": global_rng_state(),
             "client_rounds": list(self.client_rounds),
+            "best_rounds": list(self.best_rounds),
             "missing": list(self.missing),
             "server_opt": self.server_opt.state_dict(),
         }
-        save_atomic(state, self.run.checkpoint("server_resume.pt"))
 
-    def _server_state(self) -> dict:
-        """The server's model: head, anchors, shared encoders and q (best/last checkpoints)."""
-        return {
-            "head": self.head.state_dict(),
-            "anchors": self.anchors.state_dict(),
-            "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
-            "q": self.method.q,
-            "client_rounds": list(self.client_rounds),
-        }
-
-    def _checker(self, where: str):
-        ckpt = self.run.checkpoint("server_resume.pt") if self.run else "server_resume.pt"
-        return lambda values: check_finite(values, where, self.cfg.optim.lr, str(ckpt))
-
-    def _check_missing(self, rnd: int) -> None:
-        """A group without any reply for ``federated.max_missing_rounds`` rounds in a row ends
-        the run: results over the remaining groups would not be a worst-group accuracy."""
-        limit = self.cfg.federated.max_missing_rounds
-        lost = [p for p, m in enumerate(self.missing) if m >= limit]
-        if lost:
-            names = ", ".join(f"{self.info[p]['group']} (client {p})" for p in lost)
-            raise RunFailed(
-                f"{names} gave no reply for {limit} rounds in a row (to round {rnd}; federated.max_missing_rounds="
-                f"{limit}); a worst-group accuracy without it would be over a subset of the groups. "
-                f"The causes are in client_errors.log; the checkpoint after round {rnd} is kept (--resume)"
-            )
-
-    def _check_stop(self, rnd: int) -> None:
-        """Ctrl-C (``stop_flag`` set by the driver): stop after this round's checkpoint."""
-        if self.stop_flag is not None and self.stop_flag.requested and rnd < self.cfg.federated.rounds:
-            where = self.run.path if self.run else "<run dir>"
-            raise Interrupted(
-                f"interrupted after round {rnd}, checkpoint written; continue with "
-                f"python -m fedanchors.simulate --resume {where}"
-            )
-
-    def resume_from(self, path) -> int:
-        """Load a saved server state; returns the round it was taken after."""
-        state = load(path, required=SERVER_KEYS, what="server checkpoint")
-        self.pending, self.offset = state, state["round"]
-        self.stopped, self.best, self.rounds_run = state["stopped"], state["best"], state["round"]
-        self.elapsed = state["elapsed"]
-        self.bar.update(state["round"])
-        if self.run:
-            truncate_metrics(self.run.path, "round", state["round"])
-        return state["round"]
-
-    def _load_state(self, state: dict) -> None:
+    def load_resume_state(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         self.anchors.load_state_dict(state["anchors"])
         for k, e in self.encoders.items():
@@ -453,20 +389,23 @@ class FedAnchors(Strategy):
         self.sep_gen.set_state(state["sep_gen"])
         self.bytes_sent, self.bytes_received, self.round_bytes = state["bytes"]
         self.round_bytes = list(self.round_bytes)
-        self.train_record, self.last_stats = state["train_record"], state["last_stats"]
+        self.last_stats = state["last_stats"]
         self.client_rounds = [int(r) for r in state["client_rounds"]]
+        self.best_rounds = [int(r) for r in state["best_rounds"]]
         self.server_opt.load_state_dict(state["server_opt"])
-        self.missing = [int(m) for m in state.get("missing", [0] * len(self.info))]
+        self.missing = [int(m) for m in state["missing"]]
         set_global_rng_state(state["rng"])
 
+    def _checker(self, where: str):
+        return lambda values: check_finite(values, where, self.cfg.optim.lr, "checkpoints/server_resume.pt")
+
     # -- DFR ------------------------------------------------------------------------
-    def run_dfr(self, grid: Grid) -> None:
+    def run_dfr(self, grid: Grid) -> dict:
         """DFR on the server: a head fitted on codes drawn group-balanced from the clients'
-        class Gaussians (last round), one per C; each is evaluated by the clients, C is
-        picked on validation worst-group accuracy (``fedanchors.dfr`` explains the choice)."""
-        self._ensure_ready(grid)
+        class Gaussians, one per C; each is evaluated by the clients, C is picked on
+        validation worst-group accuracy (``fedanchors.dfr`` explains the choice)."""
         if self.last_stats is None:
-            return
+            return {}
         cfg = self.cfg
         st = self.last_stats
         seed = stable_seed(cfg.seed, "dfr")
@@ -477,46 +416,14 @@ class FedAnchors(Strategy):
             W, b = fit_balanced(z, y, g, C, one, self.anchors.num_classes, seed)
             self.head.load_state_dict(linear_head(W, b).state_dict())
             replies = grid.send_and_receive(
-                self._messages(MessageType.EVALUATE, rnd, {}), timeout=cfg.federated.round_timeout
+                self.configure_evaluate(rnd, ("val", "test")), timeout=cfg.federated.round_timeout
             )
-            ok = self._split_replies(rnd, replies)
-            results[C] = (self._summarize("val", ok), self._summarize("test", ok))
+            out = self.aggregate_evaluate(rnd, replies, ("val", "test"))
+            results[C] = (out["val"], out["test"])
         self.head.load_state_dict(kept)
         best = max(cfg.dfr.Cs, key=lambda c: (results[c][0]["acc_wg"], -c))
-        self.dfr_summary = {
+        return {
             "dfr_C": best,
             **{f"dfr_val_wg:C={c}": v[0]["acc_wg"] for c, v in results.items()},
             **{f"dfr_test_{k}": v for k, v in results[best][1].items()},
-        }
-
-    def summary(self) -> None:
-        log.info(
-            "FedAnchors: %d clients, method %s, %d rounds",
-            self.num_clients,
-            self.cfg.method.name,
-            self.cfg.federated.rounds,
-        )
-
-    def finish(self) -> dict:
-        """The run's summary: test metrics at the round with the best validation acc_wg."""
-        self.bar.close()
-        if "round" not in self.best:
-            raise RunFailed(
-                "no evaluated round had a reply from every group, so there is no worst-group accuracy to report; "
-                "see client_errors.log"
-            )
-        if self.run:
-            save_atomic(self._server_state(), self.run.checkpoint("last_server.pt"))
-        return {
-            "mode": "federated",
-            "best_round": self.best.get("round"),
-            "rounds_run": self.rounds_run,
-            "best_val_acc_wg": self.best["val_acc_wg"],
-            **{f"test_{k}": v for k, v in self.best.get("test", {}).items()},
-            **self.dfr_summary,
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "wall_time_s": self.elapsed + time.time() - self.t0,
-            "device": "cpu" if self.cfg.federated.num_gpus == 0 else "cuda",
-            "versions": versions(),
         }

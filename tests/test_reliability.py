@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
 
 from fedanchors.config import load_config, save_config
 from fedanchors.errors import Diverged, RunFailed
@@ -26,7 +25,7 @@ from fedanchors.rundir import RunDir
 from server.strategy import FedAnchors
 
 from .conftest import REPO, small_config
-from .flower_harness import InProcessGrid
+from .flower_harness import InProcessGrid, run_rounds
 from .test_config import assert_one_line_error, cli
 
 
@@ -48,14 +47,16 @@ def _centralized_run_dir(tmp_path: Path) -> Path:
     return run.path
 
 
-def _federated_run_dir(tmp_path: Path, rounds: int = 2) -> tuple[Path, FedAnchors]:
+def _federated_run_dir(tmp_path: Path, rounds: int = 2) -> tuple[Path, list[int]]:
     """A federated run directory written by the real strategy and ClientApp (in process, no Ray)."""
     cfg = small_config(tmp_path, mode="federated", federated={"rounds": rounds + 2})
     run = RunDir.create(cfg)
-    strategy = FedAnchors(cfg, 2, 10, run)
-    strategy.start(InProcessGrid(cfg, 2), ArrayRecord(), num_rounds=rounds, timeout=60)
+    run_rounds(cfg, 2, run=run, rounds=rounds)
     run.release()
-    return run.path, strategy
+    for done in ("summary.json", "checkpoints/last_server.pt"):  # as if killed after round ``rounds``
+        (run.path / done).unlink()
+    state = torch.load(run.path / "checkpoints" / "server_resume.pt", weights_only=True)
+    return run.path, state["client_rounds"]  # the client state files a resume reads
 
 
 def _listing(path: Path) -> dict[str, bytes]:
@@ -85,9 +86,9 @@ def test_hostile_checkpoint_runs_no_code(tmp_path, mode):
 
 
 def test_hostile_client_state_file_runs_no_code(tmp_path):
-    run, strategy = _federated_run_dir(tmp_path)
+    run, rounds = _federated_run_dir(tmp_path)
     marker = tmp_path / "pwned"
-    victim = run / "clients" / "1" / f"r{strategy.client_rounds[1]}.pt"
+    victim = run / "clients" / "1" / f"r{rounds[1]}.pt"
     torch.save({"encoder": _Hostile(marker)}, victim)
     assert_one_line_error(cli("--resume", str(run)), str(victim), "client 1")
     assert not marker.exists()
@@ -141,9 +142,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 def test_federated_divergence_stops_before_the_checkpoint(tmp_path):
     cfg = small_config(tmp_path, mode="federated", optim={"lr": 100.0}, federated={"rounds": 4})
     run = RunDir.create(cfg)
-    strategy = FedAnchors(cfg, 2, 10, run)
     with pytest.raises(Diverged, match=r"round \d"):
-        strategy.start(InProcessGrid(cfg, 2), ArrayRecord(), num_rounds=4, timeout=60)
+        run_rounds(cfg, 2, run=run)
     saved = run.path / "checkpoints" / "server_resume.pt"
     if saved.exists():  # a round before the divergence: its state is finite
         state = torch.load(saved, weights_only=True)
@@ -156,9 +156,10 @@ def test_a_client_back_after_a_missed_round_counts(tmp_path):
     cfg = small_config(tmp_path, mode="federated", federated={"rounds": 3, "fault_partition": 1, "fault_round": 1})
     grid = InProcessGrid(cfg, 2)
     strategy = FedAnchors(cfg, 2, 10)
-    strategy.aggregate_train(1, grid.send_and_receive(strategy.configure_train(1, ArrayRecord(), None, grid)))
+    strategy.discover(grid)
+    strategy.aggregate_train(1, grid.send_and_receive(strategy.configure_train(1)))
     assert math.isnan(float(strategy.last_losses[1]))  # client 1 missed round 1
-    msgs = strategy.configure_train(2, ArrayRecord(), None, grid)
+    msgs = strategy.configure_train(2)
     assert float(strategy.weights[1]) == pytest.approx(float(strategy.method.q[1])) and float(strategy.weights[1]) > 0.4
     # client 1 alone answers round 2: it carries the whole update (this raised before)
     only = [r for r in grid.send_and_receive(msgs) if strategy._partition(r) == 1]
@@ -175,22 +176,22 @@ def test_lost_group_never_yields_a_partial_worst_group(tmp_path):
         federated={"rounds": 6, "fault_partition": 1, "fault_round": 2, "fault_rounds": 10, "max_missing_rounds": 2},
     )
     run = RunDir.create(cfg)
-    strategy = FedAnchors(cfg, 2, 10, run)
     with pytest.raises(RunFailed, match=r"digits16 \(client 1\) gave no reply for 2 rounds"):
-        strategy.start(InProcessGrid(cfg, 2), ArrayRecord(), num_rounds=6, timeout=60)
+        run_rounds(cfg, 2, run=run)
     recs = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in recs] == [1, 2, 3]
     assert recs[0]["eval_complete"] and recs[0]["acc_wg"] is not None
     for r in recs[1:]:  # digits16 missing: no worst group, no overall accuracy
         assert r["eval_complete"] is False and r["acc_wg"] is None and r["acc_all"] is None
         assert r["acc_group:digits16"] is None and r["acc_group:digits8"] is not None
-    assert strategy.best["round"] == 1  # an incomplete round is never the best
+    state = torch.load(run.path / "checkpoints" / "server_resume.pt", weights_only=True)
+    assert state["best_t"] == 1  # an incomplete round is never the best
     run.release()
 
 
 def test_resume_refuses_a_missing_or_corrupt_client_state_file(tmp_path):
-    run, strategy = _federated_run_dir(tmp_path)
-    victim = run / "clients" / "0" / f"r{strategy.client_rounds[0]}.pt"
+    run, rounds = _federated_run_dir(tmp_path)
+    victim = run / "clients" / "0" / f"r{rounds[0]}.pt"
     blob = victim.read_bytes()
     victim.unlink()
     assert_one_line_error(cli("--resume", str(run)), str(victim), "missing")

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
 
 from fedanchors.config import OptimConfig
 from fedanchors.server_opt import build_server_optimizer
@@ -53,11 +52,12 @@ def test_server_optimizer_matches_the_formulas_on_mock_replies(tmp_path, name):
     )
     strategy = FedAnchors(cfg, 2, 10)
     grid = InProcessGrid(cfg, 2)
+    strategy.discover(grid)
     template = {k: v.clone() for k, v in strategy.head.state_dict().items()}
     x0 = {k: v.double() for k, v in template.items()}
     deltas = []
     for rnd, (a, b) in enumerate([(1.0, 3.0), (2.0, 6.0), (-1.0, 0.5)], start=1):
-        msgs = strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)
+        msgs = strategy.configure_train(rnd)
         heads = [
             {k: torch.full_like(v, a) for k, v in template.items()},
             {k: torch.full_like(v, b) for k, v in template.items()},
@@ -79,7 +79,8 @@ def test_sgd_with_lr_one_is_todays_averaging_bit_for_bit(tmp_path):
         cfg = small_config(tmp_path, **base, federated=fed)
         strategy = FedAnchors(cfg, 2, 10)
         grid = InProcessGrid(cfg, 2)
-        msgs = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+        strategy.discover(grid)
+        msgs = strategy.configure_train(1)
         t = strategy.head.state_dict()
         heads = [
             {k: torch.randn_like(v, generator=torch.Generator().manual_seed(i)) for k, v in t.items()} for i in (1, 2)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.protocol import ENCODER, pack, pack_arrays, unpack
@@ -21,7 +21,7 @@ from fedanchors.models import build_anchors, build_encoder
 from server.strategy import FedAnchors
 
 from .conftest import small_config
-from .flower_harness import InProcessGrid, run_rounds
+from .flower_harness import InProcessGrid, run_rounds, train_rounds
 
 
 def mock_replies(strategy, msgs, heads, losses):
@@ -55,7 +55,8 @@ def test_head_weights_and_q_update(tmp_path, method):
     )
     strategy = FedAnchors(cfg, 2, 10)
     grid = InProcessGrid(cfg, 2)
-    msgs = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    strategy.discover(grid)
+    msgs = strategy.configure_train(1)
     n = [i["n"] for i in strategy.info]
     assert n[0] > 2 * n[1]  # the 0.7 / 0.3 split reached the clients
     template = strategy.head.state_dict()
@@ -78,7 +79,7 @@ def test_head_weights_and_q_update(tmp_path, method):
         a, b = 0.5 * math.exp(0.5 * 1.0), 0.5 * math.exp(0.5 * 2.0)
         assert strategy.method.q.tolist() == pytest.approx([a / (a + b), b / (a + b)])
         # the next round's head weights are the new q
-        strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid)
+        strategy.configure_train(2)
         assert strategy.weights.tolist() == pytest.approx([a / (a + b), b / (a + b)])
 
 
@@ -86,7 +87,8 @@ def test_failed_client_keeps_its_q(tmp_path):
     cfg = small_config(tmp_path, method={"name": "groupdro", "eta": 0.5})
     strategy = FedAnchors(cfg, 2, 10)
     grid = InProcessGrid(cfg, 2)
-    msgs = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    strategy.discover(grid)
+    msgs = strategy.configure_train(1)
     template = strategy.head.state_dict()
     replies = mock_replies(strategy, msgs, [template, template], [1.0, 2.0])
     TaskIdentity.node_id = replies[0].metadata.src_node_id
@@ -120,7 +122,7 @@ def test_anchor_step_decreases_fit_objective():
 
 def test_private_encoders_never_travel(tmp_path):
     cfg = small_config(tmp_path, federated={"rounds": 2, "local_steps": 2})
-    strategy, grid = run_rounds(cfg, 2)
+    strategy, grid, _ = run_rounds(cfg, 2)
     for msg in grid.sent + grid.received:
         assert not msg.has_error()
         for name, rec in msg.content.array_records.items() if msg.has_content() else []:
@@ -138,7 +140,7 @@ def test_shared_space_encoder_is_averaged(tmp_path):
     cfg = small_config(
         tmp_path, federated={"rounds": 1, "local_steps": 1}, data={"options": {"sizes": {"digits8": 8, "digits16": 8}}}
     )
-    strategy, grid = run_rounds(cfg, 2)
+    strategy, grid, _ = run_rounds(cfg, 2)
     assert list(strategy.encoders) == ["px8"]
     replies = [m for m in grid.received if m.metadata.message_type == "train"]
     sds = [unpack(m.content["global"], ENCODER) for m in replies]
@@ -174,7 +176,7 @@ def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k):
     for epoch in range(k):
         (idx,) = tr.epoch_batches()
         tr.train_step(idx, epoch)
-    strategy, grid = run_rounds(cfg, 2)
+    strategy, grid = train_rounds(cfg, 2)
     for key, v in strategy.head.state_dict().items():
         assert torch.allclose(v, tr.model.head.state_dict()[key], atol=1e-5), key
     assert torch.allclose(strategy.method.q, tr.method.q, atol=1e-5)
@@ -245,8 +247,8 @@ def test_running_class_stats_equal_an_exact_pass_when_the_encoder_is_still(tmp_p
 def test_federated_runs_repeat_exactly(tmp_path):
     """Same seed, same numbers: two federated runs give identical heads, anchors and q."""
     cfg = small_config(tmp_path, federated={"rounds": 2, "local_steps": 3})
-    a, _ = run_rounds(cfg, 2)
-    b, _ = run_rounds(cfg, 2)
+    a, _, _ = run_rounds(cfg, 2)
+    b, _, _ = run_rounds(cfg, 2)
     for (ka, va), (kb, vb) in zip(a.head.state_dict().items(), b.head.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert torch.equal(a.anchors.means, b.anchors.means) and torch.equal(a.method.q, b.method.q)
@@ -261,6 +263,6 @@ def test_early_stopping_in_both_modes(tmp_path):
     assert s["epochs_run"] == 2 and s["best_epoch"] == 1
     assert len((tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()) == 2
     cfg = small_config(tmp_path, optim=frozen, federated={"rounds": 5, "local_steps": 1})
-    strategy, grid = run_rounds(cfg, 2)
-    assert strategy.rounds_run == 2 and strategy.best["round"] == 1
+    strategy, grid, s = run_rounds(cfg, 2)
+    assert s["rounds_run"] == 2 and s["best_round"] == 1
     assert sum(m.metadata.message_type == "train" for m in grid.sent) == 4  # 2 clients x 2 rounds

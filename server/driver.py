@@ -1,0 +1,98 @@
+"""The federated driver: the ServerApp's main, running the shared loop over a Grid.
+
+``FederatedTrainer`` implements ``fedanchors.loop.Trainer`` with ``FedAnchors``'s maths and
+messages: a round is one train exchange (and, every ``federated.eval_every`` rounds, one
+evaluate exchange) with the clients through the Grid itself. ``serve`` is the body of both
+ServerApps: ``python -m fedanchors.simulate`` (Flower's simulation engine) and ``flwr run``
+(the Deployment Engine, or a Flower-launched simulation).
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp import Grid
+
+from fedanchors.config import Config
+from fedanchors.loop import run_loop
+from fedanchors.resume import CheckpointError
+from fedanchors.rundir import RunDir
+from server.strategy import FedAnchors
+
+
+class FederatedTrainer:
+    """One round per step of the loop; the server state lives in ``self.server``."""
+
+    mode, unit = "federated", "round"
+    files = {"resume": "server_resume.pt", "best": "best_server.pt", "last": "last_server.pt"}
+
+    def __init__(self, cfg: Config, grid: Grid, server: FedAnchors) -> None:
+        self.cfg, self.grid, self.server = cfg, grid, server
+        self.total, self.eval_every = cfg.federated.rounds, cfg.federated.eval_every
+        self.timeout = cfg.federated.round_timeout
+        self.rnd = 0
+        self.train_record: dict[str, float] = {}
+
+    def setup(self) -> None:
+        self.server.discover(self.grid)
+
+    def train(self, t: int) -> dict[str, float]:
+        self.rnd = t
+        replies = self.grid.send_and_receive(self.server.configure_train(t), timeout=self.timeout)
+        return self.server.aggregate_train(t, replies)
+
+    def evaluate(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        s = self.server
+        replies = self.grid.send_and_receive(s.configure_evaluate(self.rnd, splits), timeout=self.timeout)
+        out = s.aggregate_evaluate(self.rnd, replies, splits)
+        out["val"] = out.get("val", {}) | {"eval_complete": out.pop("complete")}
+        return out
+
+    def extras(self) -> dict[str, float]:
+        return self.server.record_extras()
+
+    def end(self, t: int) -> Exception | None:
+        self.server.count_missing()
+        return self.server.missing_error(t)
+
+    def on_best(self, t: int) -> None:
+        self.server.best_rounds = list(self.server.client_rounds)  # clients keep these state files
+
+    def model_state(self) -> dict:
+        return self.server.model_state()
+
+    def load_model_state(self, state: dict) -> None:
+        self.server.load_model_state(state)
+
+    def resume_state(self) -> dict:
+        return self.server.resume_state()
+
+    def load_resume_state(self, state: dict, path) -> None:
+        try:
+            self.server.load_resume_state(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"server checkpoint {path} does not match this run's clients ({reason}); start a new run"
+            ) from None
+        self.rnd = int(state["round"])
+
+    def final(self) -> dict:
+        s = self.server
+        out = s.run_dfr(self.grid) if self.cfg.dfr.enabled else {}
+        device = "cpu" if self.cfg.federated.num_gpus == 0 else "cuda"
+        return out | {"bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received, "device": device}
+
+
+def serve(
+    cfg: Config,
+    grid: Grid,
+    num_clients: int,
+    num_classes: int,
+    run: RunDir | None,
+    class_sets: dict[str, list[int]] | None = None,
+    resume: bool = False,
+    stop=None,
+) -> dict:
+    """Run ``cfg`` over ``grid`` (clients already started by the engine); the summary."""
+    errors = run.path / "client_errors.log" if run is not None else None
+    server = FedAnchors(cfg, num_clients, num_classes, class_sets, errors)
+    return run_loop(FederatedTrainer(cfg, grid, server), cfg, run, resume=resume, stop=stop, test_with_val=True)
