@@ -85,30 +85,39 @@ def fit_anchors(
     cfg: AnchorConfig,
     optim: OptimConfig,
     generator: torch.Generator | None = None,
+    update: str = "barycenter",
 ) -> dict[str, float]:
-    """The server's anchor update: a barycenter step (fit), then separation steps, in place.
+    """The server's anchor update, in place.
 
     counts (G, C), means (G, C, d), covs (G, C, d, d), weights (G,). The fit objective is
-    sum_g w_g mean_{c: n_gc > 0} W2^2(anchor_c, N(mu_gc, Sigma_gc)). Then ``server_steps``
-    Adam steps on lambda_sep * sep (anchors at ``server_lr``; with ``sep: classifier`` the
-    head too, at ``anchors.server_head_lr`` (0: the clients' ``optim.lr``), which calibrates it on the anchors).
-    Returns the fit objective before and after, and the last separation loss.
+    sum_g w_g mean_{c: n_gc > 0} W2^2(anchor_c, N(mu_gc, Sigma_gc)). ``update="barycenter"``:
+    a barycenter step on the fit, then ``server_steps`` Adam steps on lambda_sep * sep;
+    ``"gradient"``: ``server_steps`` Adam steps on lambda_fit * fit + lambda_sep * sep.
+    Anchors at ``server_lr``; with ``sep: classifier`` the head too, at
+    ``anchors.server_head_lr`` (0: the clients' ``optim.lr``), which calibrates it on the
+    anchors. Returns the fit objective before and after, and the last separation loss.
     """
     w = weights.to(anchors.means.dtype)
     with torch.no_grad():
         before = float(anchor_fit_objective(anchors, counts, means, covs, w))
-    if cfg.lambda_fit > 0:
+    if cfg.lambda_fit > 0 and update == "barycenter":
         barycenter_step(anchors, counts, means, covs, w)
+    fit_grad = cfg.lambda_fit if update == "gradient" else 0.0
     sep = torch.zeros(())
-    if cfg.lambda_sep > 0 and cfg.server_steps > 0:
+    if (cfg.lambda_sep > 0 or fit_grad > 0) and cfg.server_steps > 0:
         groups = [{"params": list(anchors.parameters()), "lr": cfg.server_lr}]
-        if cfg.sep == "classifier":
+        if cfg.sep == "classifier" and cfg.lambda_sep > 0:
             groups.append({"params": list(head.parameters()), "lr": cfg.server_head_lr or optim.lr})
         opt = torch.optim.Adam(groups)
         for _ in range(cfg.server_steps):
-            sep = separation_loss(anchors, head, cfg, generator)
+            loss = torch.zeros(())
+            if cfg.lambda_sep > 0:
+                sep = separation_loss(anchors, head, cfg, generator)
+                loss = loss + cfg.lambda_sep * sep
+            if fit_grad > 0:
+                loss = loss + fit_grad * anchor_fit_objective(anchors, counts, means, covs, w)
             opt.zero_grad(set_to_none=True)
-            (cfg.lambda_sep * sep).backward()
+            loss.backward()
             opt.step()
     with torch.no_grad():
         after = float(anchor_fit_objective(anchors, counts, means, covs, w))

@@ -13,14 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedanchors.analysis import anchor_w2, cross_group_w2
-from fedanchors.config import Config
+from fedanchors.aggregate import barycenter_step
+from fedanchors.analysis import anchor_w2, cross_group_w2, group_class_gaussians
+from fedanchors.config import Config, anchor_update
 from fedanchors.data import ScenarioData
 from fedanchors.dfr import linear_head, select_and_fit
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.loop import run_loop
+from fedanchors.losses import anchor_fit_objective
 from fedanchors.methods import Method, build_method
-from fedanchors.metrics import split_counts, summarize
+from fedanchors.metrics import group_metrics
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.resume import CheckpointError, global_rng_state, set_global_rng_state
 from fedanchors.rundir import RunDir, resolve_device, seed_everything
@@ -75,6 +77,7 @@ class CentralizedTrainer:
         self.cyclers = [GroupCycler(int(n), self.gen) for n in sizes]
         self.steps = steps_per_epoch(sizes.tolist(), data.names, cfg.optim)
         self.total = cfg.optim.epochs
+        self.barycenter = anchor_update(cfg) == "barycenter"
 
     # -- fedanchors.loop.Trainer ---------------------------------------------------------
     def setup(self) -> None:
@@ -87,8 +90,29 @@ class CentralizedTrainer:
         for idx in steps:
             for k, v in self.train_step(idx, t - 1).items():
                 sums[k] = sums.get(k, 0.0) + v
+        out = {k: v / len(steps) for k, v in sums.items()}
+        if self.barycenter and self.cfg.anchors.lambda_fit > 0:
+            out["anchor_fit"] = self.barycenter_step(t)
         self.check_model(f"epoch {t}")
-        return {k: v / len(steps) for k, v in sums.items()}
+        return out
+
+    def barycenter_step(self, t: int) -> float:
+        """``anchors.update: barycenter``: one W2-barycenter step of the anchors toward the
+        groups' class moments of their training codes (the federated server's rule, on exact
+        moments), weighted by the method's group weights; returns the fit objective after it."""
+        C, eps = self.data.num_classes, self.cfg.anchors.cov_eps
+        stats = [
+            group_class_gaussians(self.model.encoders[g.space], x, g.train.y, C, eps)
+            for g, x in zip(self.data.groups, self.train_x)
+        ]
+        counts, means, covs = (torch.stack([s[i] for s in stats]) for i in range(3))
+        sizes = torch.tensor([len(g.train) for g in self.data.groups])
+        w = self.method.weights(sizes, None, t - 1).float()
+        w = w / w.sum()
+        anchors = self.model.anchors
+        barycenter_step(anchors, counts, means.to(anchors.means.dtype), covs.to(anchors.means.dtype), w)
+        with torch.no_grad():
+            return float(anchor_fit_objective(anchors, counts, means, covs, w))
 
     def evaluate(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
         return {s: self.metrics(s) for s in splits}
@@ -152,7 +176,7 @@ class CentralizedTrainer:
         out = {"loss": float(loss.detach())}
         if cfg.anchors.lambda_fit > 0:
             try:
-                fit = (w * group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps)).sum()
+                fit = (w * group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps, self.barycenter)).sum()
             except torch.linalg.LinAlgError:  # only on overflowing codes
                 self.check({"the W2 fit (an eigendecomposition failed)": float("nan")}, f"epoch {epoch + 1}")
             loss = loss + cfg.anchors.lambda_fit * fit
@@ -190,15 +214,8 @@ class CentralizedTrainer:
 
     def metrics(self, split: str, head: nn.Module | None = None) -> dict[str, float]:
         """Group-wise metrics on ``val`` or ``test`` (with another ``head`` when given)."""
-        C, head = self.data.num_classes, head or self.model.head
-        rows = [
-            split_counts(self.model.encoders[g.space], head, getattr(g, split), C, 512, self.device)
-            for g in self.data.groups
-        ]
-        correct = torch.stack([r[0] for r in rows])
-        total = torch.stack([r[1] for r in rows])
-        loss = torch.tensor([r[2] for r in rows])
-        return summarize(self.data.names, correct, total, loss, self.data.class_sets)
+        encoders = [self.model.encoders[g.space] for g in self.data.groups]
+        return group_metrics(encoders, head or self.model.head, self.data, split, self.device)
 
     @torch.no_grad()
     def codes(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

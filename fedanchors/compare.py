@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from fedanchors.errors import DataError, FedAnchorsError
+from fedanchors.metric_keys import check_comparable
 from fedanchors.plots import plot_overlay, read_metrics
 
 
@@ -67,6 +68,7 @@ def table(rows: list[dict[str, object]]) -> str:
 
 def compare(runs: list[Path], out: Path | None = None) -> tuple[str, Path]:
     """The comparison table (Markdown) and the overlay PNG's path."""
+    check_comparable({str(r): read_summary(r) for r in runs})
     md = table([row(r) for r in runs])
     png = (out.parent if out else Path.cwd()) / "compare.png"
     plot_overlay(runs, png)

@@ -84,6 +84,11 @@ class AnchorConfig:
     # lr of the head in the server's separation steps (sep: classifier); 0 -> optim.lr, the
     # clients' lr, which is far too large when clients take plain SGD steps at lr ~1
     server_head_lr: float = 0.0
+    # how the anchors follow the codes: "gradient" (a gradient step of lambda_fit * fit on the
+    # anchors) or "barycenter" (a W2-barycenter step toward the groups' class moments: each
+    # epoch centrally, each round on the server); "" is the mode's default: gradient
+    # centralized, barycenter federated. Set it to compare the modes on one anchor update.
+    update: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,11 @@ class DFRConfig:
     samples_per_group: int = 1000  # codes drawn per group from the class Gaussians (federated)
 
 
+def anchor_update(cfg) -> str:
+    """``anchors.update`` resolved for the run's mode."""
+    return cfg.anchors.update or ("barycenter" if cfg.mode == "federated" else "gradient")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run."""
@@ -215,6 +225,7 @@ _CHOICES = {
     "optim.name": ("adam", "sgd"),
     "federated.class_stats": ("running", "exact"),
     "federated.group_loss": ("mean", "first"),
+    "anchors.update": ("", "gradient", "barycenter"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 

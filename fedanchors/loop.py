@@ -19,6 +19,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from fedanchors.errors import RunFailed
+from fedanchors.metric_keys import METRICS_VERSION
 from fedanchors.resume import LOOP_KEYS, Interrupted, StopFlag, load, save_atomic, truncate_metrics
 from fedanchors.rundir import RunDir, versions
 
@@ -158,6 +159,7 @@ def run_loop(
         **tr.final(),
         "wall_time_s": elapsed + time.time() - t0,
         "versions": versions(),
+        "metrics_version": METRICS_VERSION,
     }
     if run is not None:
         run.write_summary(summary)

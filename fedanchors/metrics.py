@@ -72,3 +72,16 @@ def summarize(
 
 def _ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a / b) if float(b) > 0 else float("nan")
+
+
+def group_metrics(
+    encoders: list[nn.Module], head: nn.Module, data, split: str, device: torch.device, batch_size: int = 512
+) -> dict[str, float]:
+    """``summarize`` of every group's ``split``, group g through ``encoders[g]`` (one
+    definition for the centralized trainer, the evaluate command and a client's counts)."""
+    C = data.num_classes
+    rows = [split_counts(enc, head, getattr(g, split), C, batch_size, device) for enc, g in zip(encoders, data.groups)]
+    correct = torch.stack([r[0] for r in rows])
+    total = torch.stack([r[1] for r in rows])
+    loss = torch.tensor([r[2] for r in rows], dtype=torch.float64)
+    return summarize(data.names, correct, total, loss, data.class_sets)

@@ -19,18 +19,22 @@ from fedanchors.wasserstein import gaussian_w2
 
 
 def group_fit_losses(
-    zs: list[torch.Tensor], ys: list[torch.Tensor], anchors: AnchorModule, cov_eps: float
+    zs: list[torch.Tensor], ys: list[torch.Tensor], anchors: AnchorModule, cov_eps: float, detach: bool = False
 ) -> torch.Tensor:
     """W2 fit of each group's batch class moments to the anchors -> (G,).
 
     All groups' classes go through one batched ``gaussian_w2`` call; a group's value is
-    the mean over the classes present in its batch.
+    the mean over the classes present in its batch. ``detach``: the anchors take no
+    gradient from it (``anchors.update: barycenter`` moves them by another rule).
     """
     parts = [batch_class_moments(z, y, anchors.num_classes, cov_eps) for z, y in zip(zs, ys)]
     classes = torch.cat([p[0] for p in parts])
     means = torch.cat([p[1] for p in parts])
     covs = torch.cat([p[2] for p in parts])
-    w2 = gaussian_w2(anchors.means[classes], anchors.covariances()[classes], means, covs)
+    am, ac = anchors.means, anchors.covariances()
+    if detach:
+        am, ac = am.detach(), ac.detach()
+    w2 = gaussian_w2(am[classes], ac[classes], means, covs)
     sizes = [int(p[0].numel()) for p in parts]
     return torch.stack([chunk.mean() for chunk in torch.split(w2, sizes)])
 

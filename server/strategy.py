@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
-from fedanchors.config import Config
+from fedanchors.config import Config, anchor_update
 from fedanchors.dfr import fit_balanced, gaussian_codes, linear_head
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
@@ -280,7 +280,7 @@ class FedAnchors:
         try:
             res = fit_anchors(
                 self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt, a,
-                self.cfg.optim, self.sep_gen,
+                self.cfg.optim, self.sep_gen, anchor_update(self.cfg),
             )  # fmt: skip
         except torch.linalg.LinAlgError:  # only ever on overflowing statistics
             check({"the anchor fit (an eigendecomposition failed on the clients' statistics)": float("nan")})

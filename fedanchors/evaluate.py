@@ -1,0 +1,119 @@
+"""``python -m fedanchors.evaluate runs/X [--split test] [--checkpoint best|last]``.
+
+Restores a finished (or interrupted) run's model from its own directory and config, in
+either mode, and prints and writes the group-wise metrics of ``fedanchors.metrics``: the
+same per-group, worst-group and balanced accuracies as the run's summary (``test_*`` keys
+for the best checkpoint on the test split, exactly). A federated model is the server's
+state (head, anchors, shared encoders) plus each client's private encoder, read from the
+state file the checkpoint names (``clients/<partition>/r<round>.pt``). Everything is read
+with ``weights_only=True``: loading a run directory never runs code from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from fedanchors.config import Config, load_config
+from fedanchors.data import ScenarioData
+from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.metrics import group_metrics
+from fedanchors.models import build_encoder, build_head
+from fedanchors.resume import CLIENT_KEYS, CheckpointError, client_state_path, load
+from fedanchors.rundir import RunDir, _jsonable, resolve_device
+
+FILES = {"centralized": "{}.pt", "federated": "{}_server.pt"}
+
+
+def _module(build, state: dict, what: str, path: Path) -> torch.nn.Module:
+    m = build()
+    try:
+        m.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0][:160]
+        raise CheckpointError(f"{path}: the {what} does not match the run's config ({reason})") from None
+    return m
+
+
+def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torch.device):
+    """(encoder per group, head) of the run's ``which`` ("best" | "last") checkpoint."""
+    path = run / "checkpoints" / FILES[cfg.mode].format(which)
+    m = cfg.model
+
+    def encoder(g):
+        return lambda: build_encoder(m, g.space, g.shape, cfg.seed, g.meta)
+
+    def head():
+        return build_head(m, data.num_classes, cfg.seed)
+
+    if cfg.mode != "federated":
+        state = load(path, device, ("model",), f"{which} checkpoint")["model"]
+        enc = {}
+        for g in data.groups:
+            pre = f"encoders.{g.space}."
+            part = {k[len(pre) :]: v for k, v in state.items() if k.startswith(pre)}
+            enc.setdefault(g.space, _module(encoder(g), part, f"encoder of {g.space}", path))
+        part = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+        return [enc[g.space] for g in data.groups], _module(head, part, "head", path)
+    state = load(path, device, ("head", "encoders", "client_rounds"), f"{which} server checkpoint")
+    if len(state["client_rounds"]) != len(data.groups):
+        raise CheckpointError(f"{path} holds {len(state['client_rounds'])} clients, the config {len(data.groups)}")
+    encoders = []
+    for pid, g in enumerate(data.groups):
+        if g.space in state["encoders"]:  # shared by several groups: the server's copy
+            encoders.append(_module(encoder(g), state["encoders"][g.space], f"shared encoder {g.space}", path))
+            continue
+        rnd = int(state["client_rounds"][pid])
+        if rnd <= 0:
+            raise CheckpointError(f"{path}: client {pid} ({g.name}) never trained, so it has no encoder to restore")
+        cpath = client_state_path(run, pid, rnd)
+        cstate = load(cpath, device, CLIENT_KEYS, f"client {pid}'s state file")
+        encoders.append(_module(encoder(g), cstate["encoder"], f"encoder of client {pid}", cpath))
+    return encoders, _module(head, state["head"], "head", path)
+
+
+def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "best") -> dict[str, float]:
+    """The group-wise metrics of a run's ``which`` checkpoint on ``split``, keys ``<split>_*``;
+    also written to ``<run>/evaluate_<which>_<split>.json``."""
+    from fedanchors.data import build_scenario
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split {split}: use train, val or test")
+    if which not in ("best", "last"):
+        raise ConfigError(f"--checkpoint {which}: use best or last")
+    run = RunDir.open(path, lock=False)
+    cfg = load_config(run.path / "config.yaml")
+    data = build_scenario(cfg.data)
+    device = resolve_device(cfg.device)
+    encoders, head = restore(run.path, cfg, data, which, device)
+    for mod in [*encoders, head]:
+        mod.to(device)
+    out = {f"{split}_{k}": v for k, v in group_metrics(encoders, head, data, split, device).items()}
+    tmp = run.path / f"evaluate_{which}_{split}.json.tmp"
+    tmp.write_text(json.dumps(_jsonable(out), indent=2) + "\n")
+    os.replace(tmp, run.path / f"evaluate_{which}_{split}.json")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fedanchors.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a run directory, e.g. runs/digits")
+    p.add_argument("--split", default="test", help="train, val or test (default: test)")
+    p.add_argument("--checkpoint", default="best", help="best (default) or last")
+    args = p.parse_args(argv)
+    try:
+        out = evaluate_run(args.run, args.split, args.checkpoint)
+    except FedAnchorsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    print(json.dumps(_jsonable(out), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Every key a run writes, with its one definition (the README's run-directory table).
+
+Both modes write each key with the meaning below, so ``compare`` can overlay them. When a
+definition changes, ``METRICS_VERSION`` goes up: runs written under another version are
+never put side by side (``check_comparable``).
+"""
+
+from __future__ import annotations
+
+from fedanchors.errors import DataError
+
+METRICS_VERSION = 2  # 1: `loss`/`fit` were unweighted client means federated; `w2_anchor` mixed splits
+
+DEFINITIONS: dict[str, str] = {
+    "epoch / round": "the step of the loop (1-based); a record is written at each evaluated step",
+    "loss": "training objective sum_g w_g CE_g with the method's group weights w (normalised over the groups "
+    "present), mean over the epoch's batches (centralized) or at each client's reported group loss (federated)",
+    "fit": "sum_g w_g fit_g: the W2 fit of the codes to the anchors in the local objective, same weights",
+    "sep": "the anchor separation loss (last server step, federated)",
+    "anchor_fit": "the W2 fit objective of the anchors to the groups' training class moments after the anchor "
+    "update (federated: the server's; centralized: with anchors.update barycenter)",
+    "acc_all": "accuracy over every validation example of every group (null unless every group was evaluated)",
+    "acc_group:<g>": "validation accuracy of group g",
+    "acc_wg": "min over all groups of acc_group (null unless every group was evaluated)",
+    "acc_bal": "mean over classes of the per-class recall pooled over all groups (null unless all evaluated)",
+    "acc_<set>": "accuracy over the classes of a named class set (e.g. head/tail)",
+    "loss_group:<g>": "mean validation cross-entropy of group g",
+    "q:<g>": "GroupDRO's weight of group g after the step (fixed weights for the other methods)",
+    "w2_anchor:<g>": "centralized: mean over classes of W2^2(anchor_c, group g's validation class Gaussian)",
+    "w2_anchor_train:<g>": "federated: the same on the class moments of the clients' training codes",
+    "eval_complete": "federated: every group answered the evaluation",
+    "bytes_sent / bytes_received": "federated: array payload bytes since the previous record",
+    "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",
+}
+
+# the keys compare overlays: same definition in both modes
+SHARED = ("loss", "fit", "acc_all", "acc_wg", "acc_bal")
+
+
+def check_comparable(summaries: dict[str, dict]) -> None:
+    """Refuse runs whose metric keys were written under different definitions."""
+    versions = {name: int(s.get("metrics_version", 1)) for name, s in summaries.items()}
+    if len(set(versions.values())) > 1:
+        detail = ", ".join(f"{n}: v{v}" for n, v in versions.items())
+        raise DataError(
+            f"these runs define their metric keys differently ({detail}; see fedanchors.metric_keys); "
+            "re-run the older ones before comparing"
+        )
