@@ -386,7 +386,11 @@ def from_run_config(run_config: dict) -> Config:
     if "config" not in run_config:
         raise ConfigError("the Flower run config has no 'config' key; pass --run-config 'config=\"configs/X.yaml\"'")
     overrides = [s for s in str(run_config.get("overrides", "")).split() if s]
-    return load_config(str(run_config["config"]), overrides)
+    path = Path(str(run_config["config"]))
+    app_dir = Path(__file__).resolve().parents[1]  # the app (a FAB installed by Flower, or the repo)
+    if not path.is_absolute() and not path.exists() and (app_dir / path).exists():
+        path = app_dir / path
+    return load_config(str(path), overrides)
 
 
 def to_dict(cfg: Any) -> dict:

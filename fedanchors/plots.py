@@ -63,11 +63,12 @@ def plot_run(run: Path) -> Path:
     a = ax[1, 0]
     for k, style in (("loss", "-"), ("fit", "--"), ("sep", ":")):
         if any(k in r for r in records):
-            a.plot(x, _series(records, k), style, marker=".", label={"loss": "CE"}.get(k, k))
-    a.set(title="training losses (CE, W2 fit, separation)", yscale="log")
+            a.plot(x, _series(records, k), style, marker=".", label={"loss": "weighted CE"}.get(k, k))
+    a.set(title="training losses (weighted CE, W2 fit, separation)", yscale="log")
     a = ax[1, 1]
-    for k in _keys(records, "w2_anchor:"):
-        a.plot(x, _series(records, k), marker=".", label=k.split(":", 1)[1])
+    for prefix, split in (("w2_anchor:", "val"), ("w2_anchor_train:", "train")):
+        for k in _keys(records, prefix):
+            a.plot(x, _series(records, k), marker=".", label=f"{k.split(':', 1)[1]} ({split})")
     a.set(title="W2^2 between anchors and each group's class Gaussians", yscale="log")
     for a in ax.flat:
         a.set_xlabel(xlabel)

@@ -7,12 +7,16 @@ config path, overrides and run directory from the run config.
 
 from __future__ import annotations
 
+import json
+from logging import ERROR, INFO
 from pathlib import Path
 
 from flwr.app import Context
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from fedanchors.config import Config, from_run_config
+from fedanchors.errors import FedAnchorsError
 from fedanchors.rundir import RunDir
 from server.driver import serve
 from server.simulation import GuardedGrid
@@ -51,20 +55,32 @@ def _flwr_run_app() -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fedanchors.data import build_scenario
-        from fedanchors.simulate import check_against_data
-
-        cfg = from_run_config(context.run_config)
-        data = build_scenario(cfg.data)
-        check_against_data(cfg, data)
-        where = str(context.run_config.get("run-dir", "") or "")
-        run = RunDir.create_at(Path(where), cfg) if where else RunDir.create(cfg)
         try:
-            serve(cfg, grid, len(data.groups), data.num_classes, run, data.class_sets)
-        finally:
-            run.release()
+            _flwr_run(grid, context)
+        except FedAnchorsError as e:
+            # the one line in the run's log (flwr log / --stream); re-raised so that Flower marks
+            # the run failed with this line as its status details (flwr ls)
+            flwr_log(ERROR, "error: %s", e)
+            raise
 
     return app
+
+
+def _flwr_run(grid: Grid, context: Context) -> None:
+    from fedanchors.data import build_scenario
+    from fedanchors.simulate import check_against_data
+
+    cfg = from_run_config(context.run_config)
+    data = build_scenario(cfg.data)
+    check_against_data(cfg, data)
+    where = str(context.run_config.get("run-dir", "") or "")
+    run = RunDir.create_at(Path(where), cfg) if where else RunDir.create(cfg)
+    try:
+        summary = serve(cfg, grid, len(data.groups), data.num_classes, run, data.class_sets)
+        summary["run_dir"] = str(run.path)
+        flwr_log(INFO, "summary: %s", json.dumps({k: summary[k] for k in ("test_acc_wg", "test_acc_all", "run_dir")}))
+    finally:
+        run.release()
 
 
 app = _flwr_run_app()
