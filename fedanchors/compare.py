@@ -66,10 +66,10 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def compare(runs: list[Path], out: Path | None = None) -> tuple[str, Path]:
+def compare(runs: list[Path], out: Path | None = None, note: str = "") -> tuple[str, Path]:
     """The comparison table (Markdown) and the overlay PNG's path."""
     check_comparable({str(r): read_summary(r) for r in runs})
-    md = table([row(r) for r in runs])
+    md = (f"{note}\n\n" if note else "") + table([row(r) for r in runs])
     png = (out.parent if out else Path.cwd()) / "compare.png"
     plot_overlay(runs, png)
     if out:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 import types
@@ -369,6 +368,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def from_dict(raw: dict) -> Config:
     """Build and validate a Config from a plain nested mapping."""
     cfg = _build(Config, raw)
+    from fedanchors.config_checks import validate  # cross-field checks, in their own module
+
     validate(cfg)
     return cfg
 
@@ -415,91 +416,3 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 def replace(cfg: Config, overrides: list[str]) -> Config:
     """A new Config with ``a.b=value`` overrides applied and validated."""
     return from_dict(apply_overrides(to_dict(cfg), overrides))
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks a type annotation cannot express."""
-    positive = {
-        "optim.lr": cfg.optim.lr,
-        "optim.batch_size": cfg.optim.batch_size,
-        "model.latent_dim": cfg.model.latent_dim,
-        "anchors.eps": cfg.anchors.eps,
-        "federated.num_cpus": cfg.federated.num_cpus,
-        "federated.eval_every": cfg.federated.eval_every,
-        "optim.epochs": cfg.optim.epochs,
-        "federated.rounds": cfg.federated.rounds,
-        "federated.local_epochs": cfg.federated.local_epochs,
-        "federated.round_timeout": cfg.federated.round_timeout,
-        "federated.connect_timeout": cfg.federated.connect_timeout,
-        "federated.max_missing_rounds": cfg.federated.max_missing_rounds,
-        "federated.server_lr": cfg.federated.server_lr,
-        "federated.server_tau": cfg.federated.server_tau,
-        "anchors.samples": cfg.anchors.samples,
-    }
-    for key, v in positive.items():
-        if not v > 0:
-            raise ConfigError(f"{key} must be > 0, got {v}")
-    nonneg = {
-        "federated.local_steps": cfg.federated.local_steps,
-        "federated.actor_restarts": cfg.federated.actor_restarts,
-        "federated.prox_mu": cfg.federated.prox_mu,
-        "anchors.server_head_lr": cfg.anchors.server_head_lr,
-        "federated.num_gpus": cfg.federated.num_gpus,
-        "anchors.lambda_fit": cfg.anchors.lambda_fit,
-        "anchors.lambda_sep": cfg.anchors.lambda_sep,
-        "optim.weight_decay": cfg.optim.weight_decay,
-        "optim.grad_clip": cfg.optim.grad_clip,
-        "optim.patience": cfg.optim.patience,
-    }
-    for key, v in nonneg.items():
-        if v < 0:
-            raise ConfigError(f"{key} must be >= 0, got {v}")
-    for key, v in {**positive, **nonneg}.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{key} must be a finite number, got {v}")
-    if cfg.federated.fault_partition < -1:
-        raise ConfigError(
-            f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"
-        )
-    check_run_name(cfg.name)
-    for key in ("server_beta1", "server_beta2"):
-        if not 0 <= getattr(cfg.federated, key) < 1:
-            raise ConfigError(f"federated.{key} must be in [0, 1), got {getattr(cfg.federated, key)}")
-    for key, v in {"data.val_fraction": cfg.data.val_fraction, "data.test_fraction": cfg.data.test_fraction}.items():
-        if not 0 < v < 1:
-            raise ConfigError(f"{key} must be in (0, 1), got {v}")
-    if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
-        raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
-    if cfg.dfr.enabled:
-        if not cfg.dfr.Cs or min(cfg.dfr.Cs) <= 0 or cfg.dfr.subsets < 1 or cfg.dfr.samples_per_group < 2:
-            raise ConfigError("dfr: Cs must be non-empty and > 0, subsets >= 1, samples_per_group >= 2")
-        if cfg.mode == "federated" and cfg.model.head != "linear":
-            raise ConfigError("dfr in federated mode replaces a linear head; set model.head: linear")
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
-    _check_registered(cfg)
-
-
-def check_run_name(name: str) -> None:
-    """A run name is one path component: no separators, not ``.`` or ``..``, no NUL."""
-    bad = [c for c in ("/", "\\", "\0") if c in name]
-    if bad or name in (".", "..") or name.startswith("~"):
-        raise ConfigError(
-            f"name: {name!r} is not a plain name (no '/', '\\', '..' or '~'); runs are written under out_dir, "
-            "so pick a name such as 'mnist_lr01' and move out_dir to change where"
-        )
-
-
-def _check_registered(cfg: Config) -> None:
-    """Names that point into registries must exist (imported late: registries fill on import)."""
-    from fedanchors import losses, methods, models, server_opt
-    from fedanchors.data import SCENARIOS
-
-    SCENARIOS.get(cfg.data.scenario, "data.scenario")
-    methods.METHODS.get(cfg.method.name, "method.name")
-    server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
-    losses.SEPARATIONS.get(cfg.anchors.sep, "anchors.sep")
-    models.HEADS.get(cfg.model.head, "model.head")
-    models.ENCODERS.get(cfg.model.encoder.kind, "model.encoder.kind")
-    for space, enc in cfg.model.encoders.items():
-        models.ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")

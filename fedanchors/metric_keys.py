@@ -33,9 +33,6 @@ DEFINITIONS: dict[str, str] = {
     "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",
 }
 
-# the keys compare overlays: same definition in both modes
-SHARED = ("loss", "fit", "acc_all", "acc_wg", "acc_bal")
-
 
 def check_comparable(summaries: dict[str, dict]) -> None:
     """Refuse runs whose metric keys were written under different definitions."""

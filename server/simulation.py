@@ -24,7 +24,7 @@ from server import reaper
 def _actor_pool_cap(clients: int):
     """Flower sizes its Ray actor pool by the CPUs alone (4 actors for 2 clients at
     ``num_cpus: 0.5``, 2,000 at 0.001); no more actors than clients can ever be busy, so
-    cap the pool at the number of clients while the simulation starts."""
+    cap the pool at the number of clients while the simulation runs."""
     from flwr.simulation.ray_transport import ray_actor
 
     original = ray_actor.pool_size_from_resources
@@ -33,10 +33,22 @@ def _actor_pool_cap(clients: int):
         return min(original(client_resources), clients)
 
     ray_actor.pool_size_from_resources = capped
+    # Flower ends its actors with a ``terminate`` task; with ``max_task_retries`` (restarts
+    # after a crash) Ray retries that task and prints a warning per actor: kill them instead
+    original_end = ray_actor.BasicActorPool.terminate_all_actors
+
+    def kill_all(pool) -> None:
+        import ray
+
+        for actor in pool.pool:
+            ray.kill(actor, no_restart=True)
+
+    ray_actor.BasicActorPool.terminate_all_actors = kill_all
     try:
         yield
     finally:
         ray_actor.pool_size_from_resources = original
+        ray_actor.BasicActorPool.terminate_all_actors = original_end
 
 
 class EngineFailed(FedAnchorsError):

@@ -70,3 +70,17 @@ def test_missing_files_give_one_line_error(two_runs, tmp_path):
         timeout=120,
     )
     assert res.returncode == 2 and "not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_runs_with_other_metric_definitions_are_not_put_side_by_side(two_runs, tmp_path):
+    """A run written before the metric keys got one definition (no metrics_version) is refused."""
+    import shutil
+
+    runs, _ = two_runs
+    old = tmp_path / "old"
+    shutil.copytree(runs[1], old)
+    summary = json.loads((old / "summary.json").read_text())
+    assert summary.pop("metrics_version") == 2
+    (old / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(DataError, match=r"define their metric keys differently .*v2.*v1"):
+        compare([runs[0], old], tmp_path / "report.md")

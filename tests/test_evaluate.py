@@ -106,3 +106,17 @@ def test_both_modes_write_the_same_metrics_where_the_maths_coincide(tmp_path, me
             assert a[k] == pytest.approx(b[k], abs=1e-5), (k, a[k], b[k])
     for k in ("test_acc_wg", "test_acc_all", "test_loss_group:digits16"):
         assert central[k] == pytest.approx(fed[k], abs=1e-5), k
+
+
+def test_a_client_state_location_comes_from_its_node_then_the_app_then_the_run():
+    from flwr.app import Context, RecordDict
+
+    from clients.client_app import state_location
+
+    def ctx(node: dict, run: dict) -> Context:
+        return Context(1, 7, {"partition-id": 0, **node}, RecordDict(), run)
+
+    assert state_location(ctx({"state-dir": "/disk/a"}, {"run-dir": "/runs/x"}), "/app") == "/disk/a"
+    assert state_location(ctx({}, {"run-dir": "/runs/x"}), "/app") == "/app"
+    assert state_location(ctx({}, {"run-dir": "/runs/x"}), None) == "/runs/x/clients"
+    assert state_location(ctx({}, {}), None) == ""  # Flower's context.state
