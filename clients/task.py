@@ -13,11 +13,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients.protocol import ANCHORS, ENCODER, HEAD, pack, pack_arrays, unpack
+from fedanchors.analysis import group_class_gaussians
 from fedanchors.config import Config, to_dict
 from fedanchors.data import GroupData, ScenarioData, build_scenario
 from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.moments import class_sufficient_stats, stats_to_moments
+from fedanchors.moments import stats_to_moments
 from fedanchors.rundir import resolve_device, seed_everything
 from fedanchors.train import local_train, make_optimizer, steps_per_epoch
 
@@ -121,15 +122,12 @@ class ClientModel:
         ``running``: sums gathered during local training; else an exact pass with the
         final encoder.
         """
+        if running is None:
+            counts, means, covs = group_class_gaussians(
+                self.encoder, self.group.train.x, self.group.train.y, self.anchors.num_classes, self.cfg.anchors.cov_eps
+            )
+            return {"counts": counts.numpy(), "means": means.numpy(), "covs": covs.numpy()}
         sums = running
-        if sums is None:
-            self.encoder.eval()
-            C = self.anchors.num_classes
-            for i in range(0, len(self.group.train), 512):
-                x = self.group.train.x[i : i + 512].to(self.device)
-                part = class_sufficient_stats(self.encoder(x).cpu(), self.group.train.y[i : i + 512], C)
-                sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
-            self.encoder.train()
         means, covs = stats_to_moments(*sums, self.cfg.anchors.cov_eps)
         return {"counts": sums[0].numpy(), "means": means.numpy(), "covs": covs.numpy()}
 

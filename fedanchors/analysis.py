@@ -12,16 +12,28 @@ from fedanchors.wasserstein import gaussian_w2
 
 
 @torch.no_grad()
+def chunks(encoder: nn.Module, x: torch.Tensor, device: torch.device | None = None, batch: int = 512):
+    """``(slice, codes on CPU)`` of ``x`` in chunks of ``batch``, the encoder in eval mode
+    (its mode restored after): the one chunked encoding every pass over a split uses."""
+    device = device or next(encoder.parameters()).device
+    was = encoder.training
+    encoder.eval()
+    try:
+        for i in range(0, len(x), batch):
+            yield slice(i, i + batch), encoder(x[i : i + batch].to(device)).cpu()
+    finally:
+        encoder.train(was)
+
+
+@torch.no_grad()
 def group_class_gaussians(
     encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cov_eps: float = 1e-3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(counts (C,), means (C, d), covs (C, d, d)) of one group's latent codes."""
-    encoder.eval()
     sums = None
-    for i in range(0, len(y), 512):
-        part = class_sufficient_stats(encoder(x[i : i + 512]).cpu(), y[i : i + 512].cpu(), num_classes)
+    for sl, z in chunks(encoder, x):
+        part = class_sufficient_stats(z, y[sl].cpu(), num_classes)
         sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
-    encoder.train()
     means, covs = stats_to_moments(*sums, cov_eps)
     return sums[0], means, covs
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedanchors.aggregate import barycenter_step
-from fedanchors.analysis import anchor_w2, cross_group_w2, group_class_gaussians
+from fedanchors.analysis import anchor_w2, chunks, cross_group_w2, group_class_gaussians
 from fedanchors.config import Config, anchor_update
 from fedanchors.data import ScenarioData
 from fedanchors.dfr import linear_head, select_and_fit
@@ -222,10 +222,8 @@ class CentralizedTrainer:
         """Latent codes, labels and group indices of every group's ``split`` (encoders in eval mode)."""
         zs, ys, gs = [], [], []
         for k, g in enumerate(self.data.groups):
-            enc, part = self.model.encoders[g.space], getattr(g, split)
-            enc.eval()
-            zs += [enc(part.x[i : i + 512].to(self.device)).cpu() for i in range(0, len(part), 512)]
-            enc.train()
+            part = getattr(g, split)
+            zs += [z for _, z in chunks(self.model.encoders[g.space], part.x, self.device)]
             ys.append(part.y)
             gs.append(torch.full((len(part),), k))
         return torch.cat(zs).double().numpy(), torch.cat(ys).numpy(), torch.cat(gs).numpy()
