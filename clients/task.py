@@ -19,18 +19,32 @@ from fedanchors.data import GroupData, ScenarioData, build_scenario
 from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import stats_to_moments
+from fedanchors.population import Client, build_population, client_data
 from fedanchors.rundir import resolve_device, seed_everything
 from fedanchors.train import local_train, make_optimizer, steps_per_epoch
 
-_DATA: dict[str, ScenarioData] = {}  # read-only cache per actor process, keyed by data config
+_DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
 
 
-def scenario(cfg: Config) -> ScenarioData:
-    key = json.dumps(to_dict(cfg.data), sort_keys=True)
+def scenario(cfg: Config) -> tuple[ScenarioData, list[Client]]:
+    """The scenario and its population (one per process, keyed by the config that makes them)."""
+    f = cfg.federated
+    parts = (f.clients, f.group_clients, f.partition, f.partition_alpha, f.partition_labels, cfg.seed)
+    key = json.dumps([to_dict(cfg.data), *parts], sort_keys=True)
     if key not in _DATA:
         _DATA.clear()
-        _DATA[key] = build_scenario(cfg.data)
+        data = build_scenario(cfg.data)
+        _DATA[key] = (data, build_population(data, f, cfg.seed))
     return _DATA[key]
+
+
+def client_group(cfg: Config, pid: int) -> tuple[GroupData, int]:
+    """This client's own slice of its group, and the group's index."""
+    data, population = scenario(cfg)
+    if not 0 <= pid < len(population):
+        raise ValueError(f"partition-id {pid} is outside the population 0..{len(population) - 1}")
+    c = population[pid]
+    return client_data(data.groups[c.group], c), c.group
 
 
 class ClientState:
@@ -142,7 +156,7 @@ def _setup(msg: Message, context: Context, cfg: Config, state_dir: str) -> tuple
     conf = msg.content["config"]
     rnd = int(conf["server-round"] if _is_stock(msg) else conf["round"])
     seed_everything(stable_seed(cfg.seed, "client", pid, rnd), cfg.deterministic)
-    return pid, rnd, scenario(cfg), ClientState(context, "" if _is_stock(msg) else state_dir, pid)
+    return pid, rnd, scenario(cfg)[0], ClientState(context, "" if _is_stock(msg) else state_dir, pid)
 
 
 def _fault(cfg: Config, pid: int, rnd: int) -> None:
@@ -158,13 +172,13 @@ def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: Clien
     conf = msg.content["config"]
     rnd = int(conf.get("state_round", 0) or 0) if not _is_stock(msg) else 0
     source = str(store.dir / f"r{rnd}.pt") if store.dir is not None else "context.state"
-    return ClientModel(cfg, data.groups[pid], data.num_classes, store.load(rnd), source)
+    return ClientModel(cfg, client_group(cfg, pid)[0], data.num_classes, store.load(rnd), source)
 
 
 def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
     pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
-    group = data.groups[pid]
+    group = client_group(cfg, pid)[0]
     _fault(cfg, pid, rnd)
     model = _model(cfg, msg, data, pid, store)
     stock = _is_stock(msg)
@@ -244,9 +258,9 @@ def evaluate(msg: Message, context: Context, cfg: Config, state_dir: str = "") -
 def query(msg: Message, context: Context, cfg: Config) -> Message:
     """Who this node is: partition, group, input space and shape, example count."""
     pid = int(context.node_config["partition-id"])
-    g = scenario(cfg).groups[pid]
+    g, gi = client_group(cfg, pid)
     info = ConfigRecord(
         {"group": g.name, "space": g.space, "shape": list(g.shape), "vocab_size": int(g.meta.get("vocab_size", 0))}
     )
-    metrics = MetricRecord({"partition": pid, "num-examples": len(g.train)})
+    metrics = MetricRecord({"partition": pid, "group_index": gi, "num-examples": len(g.train)})
     return Message(RecordDict({"info": info, "metrics": metrics}), reply_to=msg)

@@ -169,6 +169,15 @@ class FederatedConfig:
     fault_partition: int = -1  # testing aid: this partition raises ...
     fault_round: int = 0  # ... from this round (train and evaluate) ...
     fault_rounds: int = 1  # ... for this many rounds
+    # populations (fedanchors.population): clients per group, how a group's examples are cut
+    clients: int = 1  # clients holding each group ...
+    group_clients: dict[str, int] = field(default_factory=dict)  # ... or per group
+    partition: str = "iid"  # iid | dirichlet | shards
+    partition_alpha: float = 0.5  # dirichlet concentration (smaller: more label skew)
+    partition_labels: int = 2  # shards: labels per client
+    clients_per_round: int = 0  # sampled clients per round (0: all)
+    sampling: str = "stratified"  # stratified (one client of every group first) | uniform
+    dropout: float = 0.0  # probability that a sampled client does not answer (seeded)
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,7 @@ _CHOICES = {
     "federated.class_stats": ("running", "exact"),
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),
+    "federated.sampling": ("stratified", "uniform"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 

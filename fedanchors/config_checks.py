@@ -25,6 +25,9 @@ def validate(cfg: Config) -> None:
         "federated.round_timeout": cfg.federated.round_timeout,
         "federated.connect_timeout": cfg.federated.connect_timeout,
         "federated.max_missing_rounds": cfg.federated.max_missing_rounds,
+        "federated.clients": cfg.federated.clients,
+        "federated.partition_alpha": cfg.federated.partition_alpha,
+        "federated.partition_labels": cfg.federated.partition_labels,
         "federated.server_lr": cfg.federated.server_lr,
         "federated.server_tau": cfg.federated.server_tau,
         "anchors.samples": cfg.anchors.samples,
@@ -34,6 +37,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {v}")
     nonneg = {
         "federated.local_steps": cfg.federated.local_steps,
+        "federated.clients_per_round": cfg.federated.clients_per_round,
         "federated.actor_restarts": cfg.federated.actor_restarts,
         "federated.prox_mu": cfg.federated.prox_mu,
         "anchors.server_head_lr": cfg.anchors.server_head_lr,
@@ -55,6 +59,11 @@ def validate(cfg: Config) -> None:
             f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"
         )
     check_run_name(cfg.name)
+    if not 0 <= cfg.federated.dropout < 1:
+        raise ConfigError(f"federated.dropout must be in [0, 1), got {cfg.federated.dropout}")
+    for g, k in cfg.federated.group_clients.items():
+        if k < 1:
+            raise ConfigError(f"federated.group_clients.{g} must be >= 1, got {k}")
     for key in ("server_beta1", "server_beta2"):
         if not 0 <= getattr(cfg.federated, key) < 1:
             raise ConfigError(f"federated.{key} must be in [0, 1), got {getattr(cfg.federated, key)}")
@@ -85,12 +94,13 @@ def check_run_name(name: str) -> None:
 
 def _check_registered(cfg: Config) -> None:
     """Names that point into registries must exist (imported late: registries fill on import)."""
-    from fedanchors import losses, methods, models, server_opt
+    from fedanchors import losses, methods, models, population, server_opt
     from fedanchors.data import SCENARIOS
 
     SCENARIOS.get(cfg.data.scenario, "data.scenario")
     methods.METHODS.get(cfg.method.name, "method.name")
     server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
+    population.PARTITIONERS.get(cfg.federated.partition, "federated.partition")
     losses.SEPARATIONS.get(cfg.anchors.sep, "anchors.sep")
     models.HEADS.get(cfg.model.head, "model.head")
     models.ENCODERS.get(cfg.model.encoder.kind, "model.encoder.kind")

@@ -24,6 +24,7 @@ from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.metrics import group_metrics
 from fedanchors.models import build_encoder, build_head
+from fedanchors.population import build_population
 from fedanchors.resume import CLIENT_KEYS, CheckpointError, client_state_path, load
 from fedanchors.rundir import RunDir, _jsonable, resolve_device
 
@@ -61,13 +62,15 @@ def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torc
         part = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
         return [enc[g.space] for g in data.groups], _module(head, part, "head", path)
     state = load(path, device, ("head", "encoders", "client_rounds"), f"{which} server checkpoint")
-    if len(state["client_rounds"]) != len(data.groups):
-        raise CheckpointError(f"{path} holds {len(state['client_rounds'])} clients, the config {len(data.groups)}")
+    population = build_population(data, cfg.federated, cfg.seed)
+    if len(state["client_rounds"]) != len(population):
+        raise CheckpointError(f"{path} holds {len(state['client_rounds'])} clients, the config {len(population)}")
     encoders = []
-    for pid, g in enumerate(data.groups):
-        if g.space in state["encoders"]:  # shared by several groups: the server's copy
+    for gi, g in enumerate(data.groups):
+        if g.space in state["encoders"]:  # held by several clients: the server's averaged copy
             encoders.append(_module(encoder(g), state["encoders"][g.space], f"shared encoder {g.space}", path))
             continue
+        pid = next(p for p, c in enumerate(population) if c.group == gi)  # a private space: one client
         rnd = int(state["client_rounds"][pid])
         if rnd <= 0:
             raise CheckpointError(f"{path}: client {pid} ({g.name}) never trained, so it has no encoder to restore")

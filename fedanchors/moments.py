@@ -51,3 +51,18 @@ def stats_to_moments(
     covs = 0.5 * (covs + covs.mT)
     eye = torch.eye(sums.shape[-1], dtype=covs.dtype)
     return means.float(), (covs + cov_eps * eye).float()
+
+
+def pool_moments(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Class moments of a union from its parts' (counts (C,), means (C, d), covs (C, d, d)):
+    counts add, means and second moments E[z z^T] are count-weighted (float64 inside)."""
+    if len(parts) == 1:
+        return parts[0]
+    n = torch.stack([p[0] for p in parts]).double()  # (K, C)
+    tot = n.sum(0).clamp_min(1)
+    means = torch.stack([p[1] for p in parts]).double()
+    second = torch.stack([p[2] for p in parts]).double() + means[..., None] * means[..., None, :]
+    mu = (n[..., None] * means).sum(0) / tot[:, None]
+    cov = (n[..., None, None] * second).sum(0) / tot[:, None, None] - mu[..., None] * mu[..., None, :]
+    dtype = parts[0][1].dtype
+    return n.sum(0).to(parts[0][0].dtype), mu.to(dtype), cov.to(dtype)

@@ -43,18 +43,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_against_data(cfg: Config, data) -> None:
-    """Config entries that name groups must match the scenario's groups (before any run dir)."""
+    """Config entries that name groups or clients must match the scenario (before any run dir)."""
     from fedanchors.methods import build_method
+    from fedanchors.population import build_population
     from fedanchors.train import group_batch_sizes
 
     group_batch_sizes(data.names, cfg.optim)
     build_method(cfg.method, data.names)
-    fp = cfg.federated.fault_partition
-    if cfg.mode == "federated" and fp >= len(data.groups):
+    if cfg.mode != "federated":
+        return
+    f = cfg.federated
+    unknown = sorted(set(f.group_clients) - set(data.names))
+    if unknown:
+        raise ConfigError(f"federated.group_clients names no group {unknown}; the groups are {data.names}")
+    n = len(build_population(data, f, cfg.seed))  # a partition that cannot be made fails here
+    if f.clients_per_round > n:
+        raise ConfigError(f"federated.clients_per_round={f.clients_per_round} exceeds the population of {n} clients")
+    if f.clients_per_round and f.sampling == "stratified" and f.clients_per_round < len(data.groups):
         raise ConfigError(
-            f"federated.fault_partition={fp} names no client: partitions are 0..{len(data.groups) - 1} "
-            f"({', '.join(data.names)}); use one of them or -1 (off)"
+            f"federated.clients_per_round={f.clients_per_round} is below the {len(data.groups)} groups that "
+            "stratified sampling gives a client each round; raise it or use federated.sampling: uniform"
         )
+    if f.fault_partition >= n:
+        raise ConfigError(
+            f"federated.fault_partition={f.fault_partition} names no client: partitions are 0..{n - 1}; "
+            "use one of them or -1 (off)"
+        )
+    if f.min_clients > n:
+        raise ConfigError(f"federated.min_clients={f.min_clients} exceeds the population of {n} clients")
 
 
 def _checks(cfg: Config):

@@ -19,7 +19,7 @@ from fedanchors.config import Config, from_run_config
 from fedanchors.errors import FedAnchorsError
 from fedanchors.rundir import RunDir
 from server.driver import serve
-from server.simulation import GuardedGrid
+from server.simulation import GuardedGrid, population_size
 
 
 def make_server_app(
@@ -76,7 +76,8 @@ def _flwr_run(grid: Grid, context: Context) -> None:
     where = str(context.run_config.get("run-dir", "") or "")
     run = RunDir.create_at(Path(where), cfg) if where else RunDir.create(cfg)
     try:
-        summary = serve(cfg, grid, len(data.groups), data.num_classes, run, data.class_sets)
+        n = population_size(cfg, data)
+        summary = serve(cfg, grid, n, data.num_classes, run, data.class_sets)
         summary["run_dir"] = str(run.path)
         flwr_log(INFO, "summary: %s", json.dumps({k: summary[k] for k in ("test_acc_wg", "test_acc_all", "run_dir")}))
     finally:

@@ -136,8 +136,15 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def population_size(cfg: Config, data: ScenarioData) -> int:
+    """Clients (SuperNodes) in the run: each group's ``federated.clients``."""
+    from fedanchors.population import clients_of
+
+    return sum(clients_of(cfg.federated, g.name) for g in data.groups)
+
+
 def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:
-    """One Flower client per group, ``federated.rounds`` rounds; returns the summary.
+    """One Flower client per client of each group, ``federated.rounds`` rounds; the summary.
 
     Every round ends with ``checkpoints/server_resume.pt`` (clients keep theirs under
     ``<run>/clients``); ``resume=True`` continues after the last one. Ctrl-C stops after
@@ -150,8 +157,7 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     from server.server_app import make_server_app
 
     f = cfg.federated
-    if f.min_clients > len(data.groups):
-        raise ConfigError(f"federated.min_clients={f.min_clients} exceeds the {len(data.groups)} groups (clients)")
+    n = population_size(cfg, data)
     holder: dict = {"abort": threading.Event()}
     init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **f.ray_init}
     resources = {
@@ -164,15 +170,15 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     }
     backend = {"client_resources": resources, "init_args": init_args}
     reaper.start()  # Ray's helper processes end with this process, even after kill -9
-    with StopFlag() as stop, _actor_pool_cap(len(data.groups)):
+    with StopFlag() as stop, _actor_pool_cap(n):
         server_app = make_server_app(
-            cfg, len(data.groups), data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
+            cfg, n, data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
         )
         try:
             run_simulation(
                 server_app,
                 make_client_app(cfg, str(run.path.resolve() / "clients")),
-                num_supernodes=len(data.groups),
+                num_supernodes=n,
                 backend_name="ray",
                 backend_config=backend,
             )

@@ -8,14 +8,11 @@ through ``server.driver``; nothing here loops, checkpoints or decides when to st
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -23,13 +20,14 @@ from flwr.serverapp import Grid
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
 from fedanchors.config import Config, anchor_update
-from fedanchors.dfr import fit_balanced, gaussian_codes, linear_head
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
 from fedanchors.metrics import summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.moments import pool_moments
+from fedanchors.population import drop_out, sample_clients, split_weights
 from fedanchors.resume import global_rng_state, set_global_rng_state
 from fedanchors.server_opt import build_server_optimizer
 
@@ -61,10 +59,15 @@ class FedAnchors:
             f.server_opt, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau
         )
         self.nodes: dict[int, int] = {}  # partition -> node id
-        self.info: list[dict] = []  # per partition: group, space, shape, n
+        self.info: list[dict] = []  # per partition (client): group, gi (group index), space, shape, n
+        self.cgroup: list[int] = []  # per partition: its group's index
+        self.names: list[str] = []  # the groups, in index order
+        self.sampled: list[int] = []  # this round's clients (sampled, minus dropouts)
         self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
         self.method = None
-        self.weights = torch.empty(0)
+        self.weights = torch.empty(0)  # per partition this round (0 when not asked)
+        self.group_weights = torch.empty(0)
+        self.sampled_groups: set[int] = set()
         self.last_losses: torch.Tensor | None = None  # each group's latest loss (carried over a missed round)
         self.client_rounds: list[int] = []  # per partition: the last round it trained (its state file)
         self.best_rounds: list[int] = []  # per partition: the state file of the best model (clients keep it)
@@ -117,11 +120,14 @@ class FedAnchors:
                 "shape": tuple(c["shape"]),
                 "meta": {"vocab_size": int(c["vocab_size"])} if int(c["vocab_size"]) else {},
                 "n": int(r.content["metrics"]["num-examples"]),
+                "gi": int(r.content["metrics"].get("group_index", pid)),
             }
         self.info = [info[p] for p in sorted(info)]
+        self.cgroup = [i["gi"] for i in self.info]
+        self.names = [next(i["group"] for i in self.info if i["gi"] == g) for g in sorted(set(self.cgroup))]
         self.client_rounds = [0] * len(self.info)
         self.best_rounds = [0] * len(self.info)
-        self.missing = [0] * len(self.info)
+        self.missing = [0] * len(self.names)  # per group
         self.method = build_method(self.cfg.method, self.names)
         spaces = [i["space"] for i in self.info]
         for i in self.info:
@@ -130,18 +136,23 @@ class FedAnchors:
                     self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
                 )
 
-    @property
-    def names(self) -> list[str]:
-        return [i["group"] for i in self.info]
+    def members(self, g: int, among=None) -> list[int]:
+        """Partitions of group ``g`` (among ``among`` when given)."""
+        return [p for p, x in enumerate(self.cgroup) if x == g and (among is None or p in among)]
+
+    def client_weights(self, group_w: torch.Tensor, pids: list[int]) -> dict[int, float]:
+        return split_weights(group_w, self.cgroup, [i["n"] for i in self.info], sorted(pids))
 
     def _payload(self, pid: int) -> ArrayRecord:
         space = self.info[pid]["space"]
         extra = {"encoder": self.encoders[space].state_dict()} if space in self.encoders else {}
         return pack(head=self.head.state_dict(), anchors=self.anchors.state_dict(), **extra)
 
-    def _messages(self, kind: str, rnd: int, config: dict) -> list[Message]:
+    def _messages(self, kind: str, rnd: int, config: dict, pids: list[int] | None = None) -> list[Message]:
         out = []
         for pid, nid in sorted(self.nodes.items()):
+            if pids is not None and pid not in pids:
+                continue
             # which of its state files the client starts from (the last round it trained; 0: fresh)
             # and which older one it must keep (the best model's)
             extra = {"state_round": self.client_rounds[pid], "keep_round": self.best_rounds[pid]}
@@ -191,20 +202,28 @@ class FedAnchors:
 
     # -- train ------------------------------------------------------------------------
     def configure_train(self, rnd: int) -> list[Message]:
-        """Round ``rnd``'s train messages: every client, with this round's group weights."""
+        """Round ``rnd``'s train messages: the sampled clients (``federated.clients_per_round``,
+        minus seeded dropouts), with this round's group weights split over them."""
+        f = self.cfg.federated
         gb = self.cfg.optim.group_batch  # fixed-ratio batches: a group counts by its share of a step
-        counts = torch.tensor([gb[i["group"]] if gb else i["n"] for i in self.info])
-        # every client is asked to train: a group that missed a round counts with its last loss
-        # (a group that never reported leaves the objective at q)
+        counts = torch.tensor(
+            [gb[n] if gb else sum(self.info[p]["n"] for p in self.members(g)) for g, n in enumerate(self.names)]
+        )
+        # a group that missed a round counts with its last loss (one that never reported leaves the objective at q)
         losses = self.last_losses
         if losses is not None and bool(torch.isnan(losses).any()):
             losses = None
-        self.weights = self.method.weights(counts, losses, rnd - 1)
+        self.group_weights = self.method.weights(counts, losses, rnd - 1)
+        sampled = sample_clients(self.cgroup, f.clients_per_round, f.sampling, self.cfg.seed, rnd)
+        self.sampled = drop_out(sampled, f.dropout, self.cfg.seed, rnd)
+        self.sampled_groups = {self.cgroup[p] for p in sampled}
+        w = self.client_weights(self.group_weights, self.sampled)
+        self.weights = torch.tensor([w.get(p, 0.0) for p in range(len(self.info))], dtype=torch.float64)
         spaces = [i["space"] for i in self.info]
         scale = space_weights(spaces, self.weights)
         shared = [s in self.encoders for s in spaces]
         config = {"encoder_scale": scale, "encoder_shared": shared}
-        return self._messages(MessageType.TRAIN, rnd, config)
+        return self._messages(MessageType.TRAIN, rnd, config, self.sampled)
 
     def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
         """Aggregate round ``rnd``'s replies into the server state; the round's training metrics."""
@@ -215,31 +234,43 @@ class FedAnchors:
                 f"{self.cfg.federated.min_clients}; see the client errors above (tracebacks: client_errors.log)"
             )
         pids = [p for p, _ in ok]
-        self.round_ok = set(pids)
+        G = len(self.names)
         check = self._checker(f"round {rnd}")
-        losses = torch.full((len(self.info),), float("nan"), dtype=torch.float64)
-        for p, r in ok:
-            losses[p] = float(r.content["metrics"]["loss"])
-        check({f"the training loss of group {self.info[p]['group']}": float(losses[p]) for p in pids})
-        w = [float(self.weights[p]) for p in pids]
-        if sum(w) <= 0:
-            raise RunFailed(
-                f"round {rnd}: the clients that answered ({', '.join(self.names[p] for p in pids)}) all have weight 0 "
-                f"under method {self.cfg.method.name}; no update is possible"
+        client_loss = {p: float(r.content["metrics"]["loss"]) for p, r in ok}
+        check({f"the training loss of client {p} ({self.info[p]['group']})": v for p, v in client_loss.items()})
+        answered = sorted({self.cgroup[p] for p in pids})
+        self.round_ok = set(answered)
+        # a group's loss: the example-weighted mean of its answering clients' losses
+        losses = torch.full((G,), float("nan"), dtype=torch.float64)
+        fits = torch.full((G,), float("nan"), dtype=torch.float64)
+        client_fit = {p: float(r.content["metrics"]["fit"]) for p, r in ok}
+        for g in answered:
+            mine = self.members(g, set(pids))
+            n = [float(self.info[p]["n"]) for p in mine]
+            losses[g] = (
+                sum(k * client_loss[p] for k, p in zip(n, mine)) / sum(n) if len(mine) > 1 else client_loss[mine[0]]
             )
+            fits[g] = sum(k * client_fit[p] for k, p in zip(n, mine)) / sum(n) if len(mine) > 1 else client_fit[mine[0]]
+        gw = self.group_weights[answered].double()
+        if float(gw.sum()) <= 0:
+            raise RunFailed(
+                f"round {rnd}: the groups that answered ({', '.join(self.names[g] for g in answered)}) all have "
+                f"weight 0 under method {self.cfg.method.name}; no update is possible"
+            )
+        cw = self.client_weights(self.group_weights, pids)  # w_g split over the answering clients
+        w = [cw[p] for p in pids]
         for p in pids:
             self.client_rounds[p] = rnd
         self._update_shared(ok, w)
         check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
-        stats = [unpack_arrays(r.content["stats"]) for _, r in ok]
-        stacked = {k: torch.from_numpy(np.stack([s[k] for s in stats])) for k in stats[0]}
+        stacked = self._group_stats(ok, answered)
         self.last_stats = stacked
         check({f"the class statistics ({k})": v for k, v in stacked.items()})
-        wt = torch.tensor(w, dtype=torch.float64) / sum(w)
-        fits = torch.tensor([float(r.content["metrics"]["fit"]) for _, r in ok], dtype=torch.float64)
+        wt = gw / gw.sum()
         # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
-        rec = {"loss": float((wt * losses[pids]).sum()), "fit": float((wt * fits).sum())}
-        rec.update(self._fit_anchors(stacked, torch.tensor(w) / sum(w), pids, check))
+        rec = {"loss": float((wt * losses[answered]).sum()), "fit": float((wt * fits[answered]).sum())}
+        gl = [float(self.group_weights[g]) for g in answered]
+        rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
         self.method.step(losses, rnd - 1)
         check(
             {
@@ -250,6 +281,16 @@ class FedAnchors:
         carried = losses if self.last_losses is None else torch.where(torch.isnan(losses), self.last_losses, losses)
         self.last_losses = carried
         return rec
+
+    def _group_stats(self, ok: list[tuple[int, Message]], answered: list[int]) -> dict[str, torch.Tensor]:
+        """Each answering group's class moments pooled over its clients', stacked in group order."""
+        per_client = {p: unpack_arrays(r.content["stats"]) for p, r in ok}
+        pooled = [
+            pool_moments([tuple(torch.from_numpy(per_client[p][k]) for k in ("counts", "means", "covs"))
+                          for p in self.members(g, set(per_client))])
+            for g in answered
+        ]  # fmt: skip
+        return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
 
     def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> None:
         """Head and shared encoders: the weighted average of the clients' models, then the
@@ -272,7 +313,7 @@ class FedAnchors:
             if part:
                 enc.load_state_dict(part)
 
-    def _fit_anchors(self, stacked: dict, wt: torch.Tensor, pids: list[int], check) -> dict[str, float]:
+    def _fit_anchors(self, stacked: dict, wt: torch.Tensor, groups: list[int], check) -> dict[str, float]:
         """The server's anchor update on the clients' class moments; its metrics."""
         a = self.cfg.anchors
         if not (a.lambda_fit > 0 or a.lambda_sep > 0):
@@ -288,31 +329,34 @@ class FedAnchors:
         with torch.no_grad():
             am, ac = self.anchors.means, self.anchors.covariances()
             per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
-        return rec | {f"w2_anchor_train:{self.info[p]['group']}": float(v) for p, v in zip(pids, per_group)}
+        return rec | {f"w2_anchor_train:{self.names[g]}": float(v) for g, v in zip(groups, per_group)}
 
     # -- evaluate ---------------------------------------------------------------------
     def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:
         return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)})
 
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message], splits: tuple[str, ...]) -> dict:
-        """Per split, the group-wise metrics over the clients' counts (NaN worst-group and
-        overall accuracies unless every group answered)."""
+        """Per split, the group-wise metrics over the clients' counts: a group's counts are the
+        sum over its clients, and a group with a client missing counts as not evaluated (NaN
+        worst-group and overall accuracies: never a metric over part of the groups)."""
         ok = self._split_replies(rnd, replies)
-        self.round_ok &= {p for p, _ in ok}
-        out = {s: self._summarize(s, ok) for s in splits}
-        out["complete"] = len(ok) == len(self.info)
+        got = {p for p, _ in ok}
+        whole = {g for g in range(len(self.names)) if set(self.members(g)) <= got}
+        self.round_ok &= whole
+        out = {s: self._summarize(s, [(p, r) for p, r in ok if self.cgroup[p] in whole]) for s in splits}
+        out["complete"] = len(whole) == len(self.names)
         return out
 
     def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
-        G, C = len(self.info), self.anchors.num_classes
+        G, C = len(self.names), self.anchors.num_classes
         correct = torch.zeros(G, C, dtype=torch.int64)
         total = torch.zeros(G, C, dtype=torch.int64)
         loss = torch.zeros(G, dtype=torch.float64)
         for p, r in ok:
-            m = r.content["metrics"]
-            correct[p] = torch.tensor(m[f"{split}_correct"])
-            total[p] = torch.tensor(m[f"{split}_total"])
-            loss[p] = float(m[f"{split}_loss"])
+            m, g = r.content["metrics"], self.cgroup[p]
+            correct[g] += torch.tensor(m[f"{split}_correct"])
+            total[g] += torch.tensor(m[f"{split}_total"])
+            loss[g] += float(m[f"{split}_loss"])
         return summarize(self.names, correct, total, loss, self.class_sets)
 
     def record_extras(self) -> dict[str, float]:
@@ -323,17 +367,24 @@ class FedAnchors:
         return out
 
     def count_missing(self) -> None:
-        for p in range(len(self.info)):
-            self.missing[p] = 0 if p in self.round_ok else self.missing[p] + 1
+        """Rounds in a row in which a group had clients asked and none answered."""
+        for g in range(len(self.names)):
+            if g in self.round_ok:
+                self.missing[g] = 0
+            elif g in self.sampled_groups:
+                self.missing[g] += 1
 
     def missing_error(self, rnd: int) -> RunFailed | None:
         """A group without any reply for ``federated.max_missing_rounds`` rounds in a row ends
         the run: results over the remaining groups would not be a worst-group accuracy."""
         limit = self.cfg.federated.max_missing_rounds
-        lost = [p for p, m in enumerate(self.missing) if m >= limit]
+        lost = [g for g, m in enumerate(self.missing) if m >= limit]
         if not lost:
             return None
-        names = ", ".join(f"{self.info[p]['group']} (client {p})" for p in lost)
+        names = ", ".join(
+            f"{self.names[g]} (client{'s' if len(self.members(g)) > 1 else ''} {', '.join(map(str, self.members(g)))})"
+            for g in lost
+        )
         return RunFailed(
             f"{names} gave no reply for {limit} rounds in a row (to round {rnd}; federated.max_missing_rounds="
             f"{limit}); a worst-group accuracy without it would be over a subset of the groups. "
@@ -398,32 +449,3 @@ class FedAnchors:
 
     def _checker(self, where: str):
         return lambda values: check_finite(values, where, self.cfg.optim.lr, "checkpoints/server_resume.pt")
-
-    # -- DFR ------------------------------------------------------------------------
-    def run_dfr(self, grid: Grid) -> dict:
-        """DFR on the server: a head fitted on codes drawn group-balanced from the clients'
-        class Gaussians, one per C; each is evaluated by the clients, C is picked on
-        validation worst-group accuracy (``fedanchors.dfr`` explains the choice)."""
-        if self.last_stats is None:
-            return {}
-        cfg = self.cfg
-        st = self.last_stats
-        seed = stable_seed(cfg.seed, "dfr")
-        z, y, g = gaussian_codes(st["counts"], st["means"], st["covs"], cfg.dfr.samples_per_group, seed)
-        one = dataclasses.replace(cfg.dfr, subsets=1)  # the draw is balanced already
-        kept, rnd, results = copy.deepcopy(self.head.state_dict()), cfg.federated.rounds + 1, {}
-        for C in cfg.dfr.Cs:
-            W, b = fit_balanced(z, y, g, C, one, self.anchors.num_classes, seed)
-            self.head.load_state_dict(linear_head(W, b).state_dict())
-            replies = grid.send_and_receive(
-                self.configure_evaluate(rnd, ("val", "test")), timeout=cfg.federated.round_timeout
-            )
-            out = self.aggregate_evaluate(rnd, replies, ("val", "test"))
-            results[C] = (out["val"], out["test"])
-        self.head.load_state_dict(kept)
-        best = max(cfg.dfr.Cs, key=lambda c: (results[c][0]["acc_wg"], -c))
-        return {
-            "dfr_C": best,
-            **{f"dfr_val_wg:C={c}": v[0]["acc_wg"] for c, v in results.items()},
-            **{f"dfr_test_{k}": v for k, v in results[best][1].items()},
-        }

@@ -163,3 +163,22 @@ def test_federated_divergence_exits_3_without_a_summary(tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training diverged:") and " in round " in last and "Traceback" not in res.stderr
     assert not (tmp_path / "digits_fed" / "summary.json").exists()
+
+
+def test_ray_population_of_ten_clients_three_sampled_per_round(tmp_path):
+    """2 groups x 5 clients (Dirichlet label skew), 3 sampled per round, on Ray."""
+    res = simulate(
+        tmp_path,
+        "federated.rounds=3",
+        "federated.clients=5",
+        "federated.partition=dirichlet",
+        "federated.clients_per_round=3",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = records(tmp_path)
+    assert [r["round"] for r in recs] == [1, 2, 3] and all(r["eval_complete"] for r in recs)
+    state = (tmp_path / "digits_fed" / "clients").iterdir()
+    trained = sorted(int(p.name) for p in state)
+    assert 3 <= len(trained) <= 9 and set(trained) <= set(range(10))  # only sampled clients kept state
+    summary = json.loads((tmp_path / "digits_fed" / "summary.json").read_text())
+    assert 0 <= summary["test_acc_wg"] <= 1

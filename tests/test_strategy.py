@@ -37,8 +37,10 @@ def mock_replies(strategy, msgs, heads, losses):
         )
         metrics = MetricRecord({"partition": pid, "num-examples": 7, "loss": loss, "fit": 0.0})
         TaskIdentity.node_id = msg.metadata.dst_node_id
+        space = strategy.info[pid]["space"]  # a shared encoder comes back unchanged
+        enc = {"encoder": strategy.encoders[space].state_dict()} if space in strategy.encoders else {}
         replies.append(
-            Message(RecordDict({"global": pack(head=head), "stats": stats, "metrics": metrics}), reply_to=msg)
+            Message(RecordDict({"global": pack(head=head, **enc), "stats": stats, "metrics": metrics}), reply_to=msg)
         )
     TaskIdentity.node_id = 0
     return replies[::-1]  # arrival order must not matter
