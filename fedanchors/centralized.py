@@ -22,8 +22,9 @@ from fedanchors.health import check_finite, module_tensors
 from fedanchors.loop import run_loop
 from fedanchors.losses import anchor_fit_objective
 from fedanchors.methods import Method, build_method
-from fedanchors.metrics import group_metrics
+from fedanchors.metrics import client_accuracies, client_summary, group_metrics
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.population import build_population, clients_of
 from fedanchors.resume import CheckpointError, global_rng_state, set_global_rng_state
 from fedanchors.rundir import RunDir, resolve_device, seed_everything
 from fedanchors.train import (
@@ -77,6 +78,9 @@ class CentralizedTrainer:
         self.cyclers = [GroupCycler(int(n), self.gen) for n in sizes]
         self.steps = steps_per_epoch(sizes.tolist(), data.names, cfg.optim)
         self.total = cfg.optim.epochs
+        f = cfg.federated
+        many = f.partition == "natural" or any(clients_of(f, g.name) > 1 for g in data.groups)
+        self.population = build_population(data, f, cfg.seed) if many else None
         self.barycenter = anchor_update(cfg) == "barycenter"
 
     # -- fedanchors.loop.Trainer ---------------------------------------------------------
@@ -115,7 +119,16 @@ class CentralizedTrainer:
             return float(anchor_fit_objective(anchors, counts, means, covs, w))
 
     def evaluate(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        return {s: self.metrics(s) for s in splits}
+        return {s: self.metrics(s) | self.client_metrics(s) for s in splits}
+
+    def client_metrics(self, split: str) -> dict[str, float]:
+        """With a federated population in the config (``federated.clients``), the same
+        client-level accuracies the federated run reports, on the same client slices."""
+        if self.population is None:
+            return {}
+        encoders = [self.model.encoders[g.space] for g in self.data.groups]
+        accs = client_accuracies(encoders, self.model.head, self.data, self.population, split, self.device)
+        return client_summary(accs, [c.group for c in self.population], self.data.names)
 
     def extras(self) -> dict[str, float]:
         out = anchor_w2(dict(self.model.encoders), self.model.anchors, self.data)

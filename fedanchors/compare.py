@@ -50,6 +50,9 @@ def row(run: Path) -> dict[str, object]:
         out[f"best {k}"] = max(vals) if vals else None
     for k in sorted(k for k in s if k.startswith("test_acc")):
         out[k] = s[k]
+    for k in ("test_client_acc_worst", "test_client_acc_p10"):  # populations: the client-level view
+        if k in s:
+            out[k] = s[k]
     out["wall s"] = s.get("wall_time_s")
     out["device"] = s.get("device")
     out["MB sent+received"] = (s["bytes_sent"] + s["bytes_received"]) / 1e6 if "bytes_sent" in s else None

@@ -28,6 +28,10 @@ DEFINITIONS: dict[str, str] = {
     "q:<g>": "GroupDRO's weight of group g after the step (fixed weights for the other methods)",
     "w2_anchor:<g>": "centralized: mean over classes of W2^2(anchor_c, group g's validation class Gaussian)",
     "w2_anchor_train:<g>": "federated: the same on the class moments of the clients' training codes",
+    "client_acc_worst / client_acc_p10 / client_acc_std": "accuracy of each client on its own validation slice: "
+    "the worst, 10th percentile and standard deviation over all clients (null unless every client was "
+    "evaluated); federated, and centralized when the config has a population (federated.clients > 1)",
+    "client_acc_worst:<g> / client_acc_p10:<g> / client_acc_std:<g>": "the same over group g's clients",
     "eval_complete": "federated: every group answered the evaluation",
     "bytes_sent / bytes_received": "federated: array payload bytes since the previous record",
     "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",

@@ -85,3 +85,36 @@ def group_metrics(
     total = torch.stack([r[1] for r in rows])
     loss = torch.tensor([r[2] for r in rows], dtype=torch.float64)
     return summarize(data.names, correct, total, loss, data.class_sets)
+
+
+def client_summary(accs: list[float], groups: list[int], names: list[str]) -> dict[str, float]:
+    """Client-level accuracy (as q-FFL and PropFair report it): the worst client, the 10th
+    percentile and the standard deviation, over all clients and per group. Clients with an
+    empty split are left out; NaN where a group has no client to report."""
+
+    def stats(vals: list[float], suffix: str) -> dict[str, float]:
+        v = torch.tensor([a for a in vals if not math.isnan(a)], dtype=torch.float64)
+        if not len(v):
+            return {f"client_acc_{k}{suffix}": math.nan for k in ("worst", "p10", "std")}
+        return {
+            f"client_acc_worst{suffix}": float(v.min()),
+            f"client_acc_p10{suffix}": float(torch.quantile(v, 0.1)),
+            f"client_acc_std{suffix}": float(v.std(unbiased=False)),
+        }
+
+    out = stats(accs, "")
+    for g, name in enumerate(names):
+        out |= stats([a for a, x in zip(accs, groups) if x == g], f":{name}")
+    return out
+
+
+def client_accuracies(encoders: list[nn.Module], head: nn.Module, data, population, split: str, device) -> list[float]:
+    """Each client's accuracy on its own slice of ``split`` (centralized mode's view of a population)."""
+    out = []
+    for c in population:
+        g = data.groups[c.group]
+        rows = getattr(c, split)
+        part = Split(getattr(g, split).x[rows], getattr(g, split).y[rows])
+        correct, total, _ = split_counts(encoders[c.group], head, part, data.num_classes, 512, device)
+        out.append(_ratio(correct.sum(), total.sum()))
+    return out

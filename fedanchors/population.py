@@ -4,9 +4,11 @@ A group's training split is cut among its ``federated.clients`` (or
 ``federated.group_clients[<group>]``) clients by a partitioner: ``iid`` (a seeded even
 split), ``dirichlet`` (label skew, per-class proportions ~ Dir(alpha), Hsu et al. 2019;
 the semantics of Flower Datasets' ``DirichletPartitioner``), ``shards`` (each client holds
-at most ``partition_labels`` labels, after McMahan et al. 2017). Validation and test splits are cut evenly
-(seeded), so a group's metrics are the sum of its clients' counts. Partitions are disjoint,
-cover the group and depend only on the seed.
+at most ``partition_labels`` labels, after McMahan et al. 2017), ``natural`` (the dataset's own
+clients: FEMNIST's writers, with their own splits). Validation and test
+splits follow each client's training label mix (``follow``), so a client is evaluated on
+its own kind of data and a group's metrics are the sum of its clients' counts. Partitions
+are disjoint, cover the group and depend only on the seed.
 
 Written here rather than with ``flwr-datasets``: its partitioners take a Hugging Face
 ``datasets.Dataset``, and every scenario here is tensors already in memory; the maths is a
@@ -98,6 +100,9 @@ def build_population(data: ScenarioData, f, seed: int) -> list[Client]:
     """Every client of every group, in partition-id order (group by group)."""
     out: list[Client] = []
     for gi, g in enumerate(data.groups):
+        if f.partition == "natural":
+            out += natural(g, gi)
+            continue
         k = clients_of(f, g.name)
         if k > len(g.train):
             raise ConfigError(
@@ -110,9 +115,49 @@ def build_population(data: ScenarioData, f, seed: int) -> list[Client]:
                 f"federated.partition: {f.partition} leaves a client of group {g.name} without examples; "
                 "use fewer clients or another partitioner"
             )
-        val, test = iid(g.val.y, k, s + 1, f), iid(g.test.y, k, s + 2, f)
+        val = follow(g.train.y, train, g.val.y, s + 1)
+        test = follow(g.train.y, train, g.test.y, s + 2)
         out += [Client(gi, j, train[j], val[j], test[j]) for j in range(k)]
     return out
+
+
+@PARTITIONERS.register("natural")
+def _natural(y: torch.Tensor, k: int, seed: int, f) -> list[torch.Tensor]:
+    """Registered for its name; ``build_population`` takes the dataset's own clients (``natural``)."""
+    raise ConfigError("federated.partition: natural takes the dataset's own clients, not a count")
+
+
+def natural(g: GroupData, gi: int) -> list[Client]:
+    """``partition: natural``: the dataset's own clients (FEMNIST writers), from the group's
+    ``meta["owners"]`` (each split's owner index per example)."""
+    owners = g.meta.get("owners")
+    if owners is None:
+        raise ConfigError(
+            f"federated.partition: natural needs a dataset with its own clients (femnist); group {g.name} has none"
+        )
+    ids = torch.unique(owners["train"]).tolist()
+    rows = {s: [torch.nonzero(owners[s] == k).flatten() for k in ids] for s in ("train", "val", "test")}
+    return [Client(gi, j, rows["train"][j], rows["val"][j], rows["test"][j]) for j in range(len(ids))]
+
+
+def follow(train_y: torch.Tensor, parts: list[torch.Tensor], y: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    """Cut another split (validation, test) like the training partition: each class's examples
+    go to the clients in the shares of that class they hold in training (largest remainders;
+    a class no client trains on is cut evenly), so a client is evaluated on its own label mix."""
+    g = torch.Generator().manual_seed(seed)
+    k, out = len(parts), [[] for _ in range(len(parts))]
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        held = torch.tensor([float((train_y[p] == c).sum()) for p in parts])
+        share = held / held.sum() if held.sum() > 0 else torch.full((k,), 1.0 / k)
+        exact = share * len(idx)
+        n = exact.floor().long()
+        for j in torch.argsort(exact - n, descending=True, stable=True)[: len(idx) - int(n.sum())]:
+            n[j] += 1
+        for j, piece in enumerate(idx.split(n.tolist())):
+            out[j].append(piece)
+    return [torch.cat(p).sort().values if p else torch.empty(0, dtype=torch.int64) for p in out]
 
 
 def client_data(group: GroupData, c: Client) -> GroupData:

@@ -137,10 +137,10 @@ def _quiet() -> None:
 
 
 def population_size(cfg: Config, data: ScenarioData) -> int:
-    """Clients (SuperNodes) in the run: each group's ``federated.clients``."""
-    from fedanchors.population import clients_of
+    """Clients (SuperNodes) in the run: the population's size."""
+    from fedanchors.population import build_population
 
-    return sum(clients_of(cfg.federated, g.name) for g in data.groups)
+    return len(build_population(data, cfg.federated, cfg.seed))
 
 
 def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:

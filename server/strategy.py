@@ -9,6 +9,7 @@ through ``server.driver``; nothing here loops, checkpoints or decides when to st
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +25,7 @@ from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.losses import anchor_w2_by_group
 from fedanchors.methods import build_method
-from fedanchors.metrics import summarize
+from fedanchors.metrics import client_summary, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import pool_moments
 from fedanchors.population import drop_out, sample_clients, split_weights
@@ -343,8 +344,22 @@ class FedAnchors:
         got = {p for p, _ in ok}
         whole = {g for g in range(len(self.names)) if set(self.members(g)) <= got}
         self.round_ok &= whole
-        out = {s: self._summarize(s, [(p, r) for p, r in ok if self.cgroup[p] in whole]) for s in splits}
+        mine = [(p, r) for p, r in ok if self.cgroup[p] in whole]
+        out = {s: self._summarize(s, mine) | self._clients(s, mine, len(whole) == len(self.names)) for s in splits}
         out["complete"] = len(whole) == len(self.names)
+        return out
+
+    def _clients(self, split: str, ok: list[tuple[int, Message]], complete: bool) -> dict[str, float]:
+        """Client-level accuracy (``fedanchors.metrics.client_summary``); the overall figures
+        are NaN unless every client answered, as the worst-group accuracy is."""
+        accs = [math.nan] * len(self.info)
+        for p, r in ok:
+            m = r.content["metrics"]
+            total = sum(m[f"{split}_total"])
+            accs[p] = sum(m[f"{split}_correct"]) / total if total else math.nan
+        out = client_summary(accs, self.cgroup, self.names)
+        if not complete:
+            out |= {k: math.nan for k in ("client_acc_worst", "client_acc_p10", "client_acc_std")}
         return out
 
     def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:

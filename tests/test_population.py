@@ -167,3 +167,44 @@ def test_bad_population_settings_are_one_line(tmp_path, sets, needle):
         args += ["--set", s]
     assert_one_line_error(cli(*args), needle)
     assert not any(tmp_path.iterdir())
+
+
+def test_validation_and_test_follow_each_clients_label_mix(tmp_path):
+    cfg = small_config(
+        tmp_path, mode="federated", data={"max_per_group": 0}, federated={"clients": 6, "partition": "shards"}
+    )
+    data = build_scenario(cfg.data)
+    for c in build_population(data, cfg.federated, 0):
+        g = data.groups[c.group]
+        held = set(g.train.y[c.train].tolist())
+        assert set(g.test.y[c.test].tolist()) <= held and set(g.val.y[c.val].tolist()) <= held
+
+
+def test_client_level_metrics_in_both_modes(tmp_path):
+    """Worst, 10th-percentile and std of client accuracy, per group and overall, from the same
+    client slices in both modes; with one full-batch SGD step they agree across modes."""
+    from fedanchors.metrics import client_summary
+    from fedanchors.rundir import RunDir
+    from fedanchors.simulate import run
+
+    s = client_summary([0.5, 0.9, float("nan"), 0.7], [0, 0, 1, 1], ["a", "b"])
+    assert s["client_acc_worst"] == 0.5 and s["client_acc_worst:b"] == 0.7 and s["client_acc_std:b"] == 0.0
+    assert s["client_acc_p10:a"] == pytest.approx(0.54)
+    common = dict(
+        anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
+        method={"name": "erm"},
+        optim={"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "batch_size": 10**5},
+        data={"max_per_group": 300, "options": {"sizes": {"digits8": 8, "digits16": 8}}},
+        federated={"rounds": 2, "local_steps": 1, "clients": 3, "partition": "dirichlet"},
+    )
+    common["optim"]["epochs"] = 2
+    central = run(small_config(tmp_path / "c", **common))
+    cfg = small_config(tmp_path / "f", mode="federated", **common)
+    rundir = RunDir.create(cfg)
+    _, _, fed = run_rounds(cfg, 6, run=rundir)
+    rundir.release()
+    keys = [k for k in fed if k.startswith("test_client_acc")]
+    assert len(keys) == 9  # worst, p10, std x (all, digits8, digits16)
+    for k in keys:
+        assert central[k] == pytest.approx(fed[k], abs=1e-6), k
+    assert fed["test_client_acc_worst"] <= fed["test_acc_wg"]  # a client is no better than its group's worst

@@ -1,6 +1,6 @@
 """Scenarios: real datasets split into groups. Importing this fills ``SCENARIOS``."""
 
-from fedanchors.data import digits, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
+from fedanchors.data import digits, femnist, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
 from fedanchors.data.base import SCENARIOS, GroupData, ScenarioData, Split, check_labels, data_root
 
 __all__ = ["SCENARIOS", "GroupData", "ScenarioData", "Split", "data_root", "build_scenario"]
