@@ -5,8 +5,9 @@
 1. Wall time of the federated run (configs/digits_fed.yaml, Ray, 2 clients) over the
    centralized run (configs/digits.yaml) with the same seed and sample budget
    (one local epoch per round = one centralized epoch), each in a fresh process.
-2. Per-round time of the FedAnchors strategy over Flower's stock FedAvg, with the same
-   ClientApp, clients and Ray resources (median round after the first, Ray start excluded).
+2. Per-round time of FedAnchors (the federated driver over the shared loop, no run
+   directory) over Flower's stock FedAvg (``Strategy.start``), with the same ClientApp,
+   clients and Ray resources (median round after the first, Ray start excluded).
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ def child(strategy_name: str, rounds: int) -> None:
     from server.simulation import _quiet
 
     _quiet()
-    from flwr.app import ArrayRecord
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
@@ -59,10 +59,12 @@ def child(strategy_name: str, rounds: int) -> None:
     from clients.client_app import make_client_app
     from clients.protocol import pack
     from fedanchors.config import load_config
+    from fedanchors.loop import run_loop
     from fedanchors.models import build_anchors, build_head
+    from server.driver import FederatedTrainer
     from server.strategy import FedAnchors
 
-    cfg = load_config(REPO / "configs" / "digits_fed.yaml", ["progress=false"])
+    cfg = load_config(REPO / "configs" / "digits_fed.yaml", ["progress=false", f"federated.rounds={rounds}"])
     stamps: list[float] = []
     app = ServerApp()
 
@@ -71,15 +73,21 @@ def child(strategy_name: str, rounds: int) -> None:
         def stamp(rnd, arrays):
             stamps.append(time.perf_counter())
 
-        if strategy_name == "fedanchors":
-            strategy, init = FedAnchors(cfg, 2, 10), ArrayRecord()
-        else:
-            strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2)
-            a = cfg.anchors
-            init = pack(
-                head=build_head(cfg.model, 10, cfg.seed).state_dict(),
-                anchors=build_anchors(cfg.model.latent_dim, 10, a.eps, a.init_scale, cfg.seed).state_dict(),
-            )
+        if strategy_name == "fedanchors":  # the real driver and loop, stamped after each round
+
+            class Timed(FederatedTrainer):
+                def end(self, t: int):
+                    stamps.append(time.perf_counter())
+                    return super().end(t)
+
+            run_loop(Timed(cfg, grid, FedAnchors(cfg, 2, 10)), cfg, None, test_with_val=True)
+            return
+        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_available_nodes=2)
+        a = cfg.anchors
+        init = pack(
+            head=build_head(cfg.model, 10, cfg.seed).state_dict(),
+            anchors=build_anchors(cfg.model.latent_dim, 10, a.eps, a.init_scale, cfg.seed).state_dict(),
+        )
         strategy.start(grid, init, num_rounds=rounds, evaluate_fn=stamp)
 
     f = cfg.federated

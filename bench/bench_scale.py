@@ -1,0 +1,154 @@
+"""Populations of 10, 100 and 1,000 clients with the same work per round, in one run.
+
+    python bench/bench_scale.py [--rounds 8] [--sizes 10,100,1000]
+
+Each population is ``configs/scale_1000_fed.yaml`` with ``federated.clients`` set to half
+of it per group (mnist_hetero's two groups), 10 clients sampled per round (stratified), the
+same local steps and batch size; each runs in a fresh process on Flower's Ray engine. It
+prints per population: the setup time (engine start to the first round: Ray, the clients'
+data, the setup query), the median time of rounds 2..R-1 (the last round also evaluates
+every client), the final evaluation of every client, and the peak resident memory of the
+whole process tree (driver, Ray, its workers), sampled every 0.2 s. The per-round ratio to
+the smallest population is the figure to read: the cost of a round must follow the sampled
+work, not the population.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and every descendant (from /proc)."""
+    from server.reaper import descendants
+
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def child(size: int, rounds: int) -> None:
+    from server.simulation import _quiet
+
+    _quiet()
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import make_client_app
+    from fedanchors.config import load_config
+    from fedanchors.data import build_scenario
+    from fedanchors.loop import run_loop
+    from server.driver import FederatedTrainer
+    from server.simulation import _actor_pool_cap, population_size
+    from server.strategy import FedAnchors
+
+    sets = [f"federated.clients={size // 2}", f"federated.rounds={rounds}", "federated.clients_per_round=10"]
+    sets.append("progress=false")
+    cfg = load_config(REPO / "configs" / "scale_1000_fed.yaml", sets)
+    data = build_scenario(cfg.data)
+    n = population_size(cfg, data)
+    marks: dict[str, float] = {}
+    stamps: list[float] = []
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss(os.getpid()))
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
+    app = ServerApp()
+
+    class Timed(FederatedTrainer):
+        def setup(self) -> None:
+            super().setup()
+            marks["setup_done"] = time.perf_counter()
+
+        def end(self, t: int):
+            stamps.append(time.perf_counter())
+            return super().end(t)
+
+        def evaluate(self, splits):
+            t0 = time.perf_counter()
+            out = super().evaluate(splits)
+            marks.setdefault("eval_s", 0.0)
+            marks["eval_s"] += time.perf_counter() - t0
+            return out
+
+    @app.main()
+    def main(grid, context):
+        run_loop(Timed(cfg, grid, FedAnchors(cfg, n, data.num_classes)), cfg, None, test_with_val=True)
+
+    f = cfg.federated
+    backend = {
+        "client_resources": {"num_cpus": f.num_cpus, "num_gpus": 0.0},
+        "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
+    }
+    marks["start"] = time.perf_counter()
+    with _actor_pool_cap(n):
+        run_simulation(app, make_client_app(cfg), num_supernodes=n, backend_name="ray", backend_config=backend)
+    done.set()
+    rounds_s = [b - a for a, b in zip(stamps[:-1], stamps[1:])][:-1]  # rounds 2..R-1
+    print(
+        json.dumps(
+            {
+                "clients": n,
+                "setup_s": marks["setup_done"] - marks["start"],
+                "round_s": statistics.median(rounds_s),
+                "eval_s": marks.get("eval_s", 0.0),
+                "peak_mb": peak[0] / 2**20,
+            }
+        )
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--sizes", default="10,100,1000")
+    p.add_argument("--child", type=int, default=0)
+    args = p.parse_args()
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    if args.child:
+        return child(args.child, args.rounds)
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(size), "--rounds", str(args.rounds)],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"## Populations, 10 sampled clients per round, median of rounds 2..{args.rounds - 1}")
+    print("| clients | setup (s) | s/round | vs smallest | final evaluation, all clients (s) | peak memory (MB) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['clients']} | {r['setup_s']:.1f} | {r['round_s']:.3f} | {r['round_s'] / base['round_s']:.2f}x "
+            f"| {r['eval_s']:.1f} | {r['peak_mb']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
