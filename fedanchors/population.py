@@ -187,7 +187,8 @@ def sample_clients(groups: list[int], n: int, mode: str, seed: int, rnd: int) ->
     for gi in sorted(set(groups)):
         members = [p for p, x in enumerate(groups) if x == gi]
         chosen.append(members[int(torch.randint(len(members), (1,), generator=g))])
-    rest = [p for p in range(total) if p not in set(chosen)]
+    taken = set(chosen)
+    rest = [p for p in range(total) if p not in taken]
     extra = torch.randperm(len(rest), generator=g)[: max(0, n - len(chosen))].tolist()
     return sorted(chosen + [rest[i] for i in extra])
 

@@ -60,6 +60,7 @@ class FedAnchors:
             f.server_opt, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau
         )
         self.nodes: dict[int, int] = {}  # partition -> node id
+        self.pid_of: dict[int, int] = {}  # node id -> partition
         self.info: list[dict] = []  # per partition (client): group, gi (group index), space, shape, n
         self.cgroup: list[int] = []  # per partition: its group's index
         self.names: list[str] = []  # the groups, in index order
@@ -178,8 +179,9 @@ class FedAnchors:
         self.round_bytes[1] += received
 
     def _partition(self, reply: Message) -> int:
-        src = reply.metadata.src_node_id
-        return next(p for p, n in self.nodes.items() if n == src)
+        if len(self.pid_of) != len(self.nodes):  # node id -> partition, O(1) per reply at any population
+            self.pid_of = {n: p for p, n in self.nodes.items()}
+        return self.pid_of[reply.metadata.src_node_id]
 
     def _split_replies(self, rnd: int, replies: Iterable[Message]) -> list[tuple[int, Message]]:
         """Successful replies in partition order; failures are logged and skipped."""
