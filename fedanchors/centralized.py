@@ -24,7 +24,7 @@ from fedanchors.losses import anchor_fit_objective
 from fedanchors.methods import Method, build_method
 from fedanchors.metrics import client_accuracies, client_summary, group_metrics
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.population import build_population, clients_of
+from fedanchors.population import build_population, has_population
 from fedanchors.resume import CheckpointError, global_rng_state, set_global_rng_state
 from fedanchors.rundir import RunDir, resolve_device, seed_everything
 from fedanchors.train import (
@@ -79,8 +79,7 @@ class CentralizedTrainer:
         self.steps = steps_per_epoch(sizes.tolist(), data.names, cfg.optim)
         self.total = cfg.optim.epochs
         f = cfg.federated
-        many = f.partition == "natural" or any(clients_of(f, g.name) > 1 for g in data.groups)
-        self.population = build_population(data, f, cfg.seed) if many else None
+        self.population = build_population(data, f, cfg.seed) if has_population(f, data) else None
         self.barycenter = anchor_update(cfg) == "barycenter"
 
     # -- fedanchors.loop.Trainer ---------------------------------------------------------

@@ -178,6 +178,9 @@ class FederatedConfig:
     clients_per_round: int = 0  # sampled clients per round (0: all)
     sampling: str = "stratified"  # stratified (one client of every group first) | uniform
     dropout: float = 0.0  # probability that a sampled client does not answer (seeded)
+    # space: an input space's encoder is averaged over the clients of that space (never across
+    # spaces); client: every client keeps its own encoder, which never leaves it (LG-FedAvg)
+    encoder_sharing: str = "space"
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,7 @@ _CHOICES = {
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),
     "federated.sampling": ("stratified", "uniform"),
+    "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }
 

@@ -22,9 +22,9 @@ import torch
 from fedanchors.config import Config, load_config
 from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
-from fedanchors.metrics import group_metrics
+from fedanchors.metrics import client_accuracies, client_summary, group_metrics, split_counts, summarize
 from fedanchors.models import build_encoder, build_head
-from fedanchors.population import build_population
+from fedanchors.population import build_population, client_data, has_population
 from fedanchors.resume import CLIENT_KEYS, CheckpointError, client_state_path, load
 from fedanchors.rundir import RunDir, _jsonable, resolve_device
 
@@ -42,7 +42,8 @@ def _module(build, state: dict, what: str, path: Path) -> torch.nn.Module:
 
 
 def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torch.device):
-    """(encoder per group, head) of the run's ``which`` ("best" | "last") checkpoint."""
+    """(encoders, head) of the run's ``which`` ("best" | "last") checkpoint: one encoder per
+    group (centralized) or per client (federated)."""
     path = run / "checkpoints" / FILES[cfg.mode].format(which)
     m = cfg.model
 
@@ -65,12 +66,16 @@ def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torc
     population = build_population(data, cfg.federated, cfg.seed)
     if len(state["client_rounds"]) != len(population):
         raise CheckpointError(f"{path} holds {len(state['client_rounds'])} clients, the config {len(population)}")
-    encoders = []
-    for gi, g in enumerate(data.groups):
-        if g.space in state["encoders"]:  # held by several clients: the server's averaged copy
-            encoders.append(_module(encoder(g), state["encoders"][g.space], f"shared encoder {g.space}", path))
+    shared = {
+        space: _module(encoder(next(g for g in data.groups if g.space == space)), sd, f"shared encoder {space}", path)
+        for space, sd in state["encoders"].items()
+    }
+    encoders = []  # one per client, in partition order
+    for pid, c in enumerate(population):
+        g = data.groups[c.group]
+        if g.space in shared:  # held by several clients: the server's averaged copy
+            encoders.append(shared[g.space])
             continue
-        pid = next(p for p, c in enumerate(population) if c.group == gi)  # a private space: one client
         rnd = int(state["client_rounds"][pid])
         if rnd <= 0:
             raise CheckpointError(f"{path}: client {pid} ({g.name}) never trained, so it has no encoder to restore")
@@ -78,6 +83,26 @@ def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torc
         cstate = load(cpath, device, CLIENT_KEYS, f"client {pid}'s state file")
         encoders.append(_module(encoder(g), cstate["encoder"], f"encoder of client {pid}", cpath))
     return encoders, _module(head, state["head"], "head", path)
+
+
+def federated_metrics(encoders, head, data: ScenarioData, population, split: str, device) -> dict[str, float]:
+    """What the server computes from its clients' evaluation replies: each client's counts on
+    its own slice with its own encoder, summed per group in partition order, and the
+    client-level accuracies."""
+    C, G = data.num_classes, len(data.groups)
+    correct = torch.zeros(G, C, dtype=torch.int64)
+    total = torch.zeros(G, C, dtype=torch.int64)
+    loss = torch.zeros(G, dtype=torch.float64)
+    accs = []
+    for enc, c in zip(encoders, population):
+        part = getattr(client_data(data.groups[c.group], c), split)
+        cc, ct, cl = split_counts(enc, head, part, C, 512, device)
+        correct[c.group] += cc
+        total[c.group] += ct
+        loss[c.group] += cl
+        accs.append(float(cc.sum()) / int(ct.sum()) if int(ct.sum()) else float("nan"))
+    out = summarize(data.names, correct, total, loss, data.class_sets)
+    return out | client_summary(accs, [c.group for c in population], data.names)
 
 
 def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "best") -> dict[str, float]:
@@ -96,7 +121,16 @@ def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "bes
     encoders, head = restore(run.path, cfg, data, which, device)
     for mod in [*encoders, head]:
         mod.to(device)
-    out = {f"{split}_{k}": v for k, v in group_metrics(encoders, head, data, split, device).items()}
+    if cfg.mode == "federated":
+        population = build_population(data, cfg.federated, cfg.seed)
+        metrics = federated_metrics(encoders, head, data, population, split, device)
+    else:
+        metrics = group_metrics(encoders, head, data, split, device)
+        if has_population(cfg.federated, data):
+            population = build_population(data, cfg.federated, cfg.seed)  # the centralized run's client view
+            accs = client_accuracies(encoders, head, data, population, split, device)
+            metrics |= client_summary(accs, [c.group for c in population], data.names)
+    out = {f"{split}_{k}": v for k, v in metrics.items()}
     tmp = run.path / f"evaluate_{which}_{split}.json.tmp"
     tmp.write_text(json.dumps(_jsonable(out), indent=2) + "\n")
     os.replace(tmp, run.path / f"evaluate_{which}_{split}.json")

@@ -96,6 +96,11 @@ def clients_of(f, name: str) -> int:
     return int(f.group_clients.get(name, f.clients))
 
 
+def has_population(f, data: ScenarioData) -> bool:
+    """Whether the config gives some group more than one client (then client-level metrics exist)."""
+    return f.partition == "natural" or any(clients_of(f, g.name) > 1 for g in data.groups)
+
+
 def build_population(data: ScenarioData, f, seed: int) -> list[Client]:
     """Every client of every group, in partition-id order (group by group)."""
     out: list[Client] = []

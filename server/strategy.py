@@ -133,7 +133,8 @@ class FedAnchors:
         self.method = build_method(self.cfg.method, self.names)
         spaces = [i["space"] for i in self.info]
         for i in self.info:
-            if spaces.count(i["space"]) > 1 and i["space"] not in self.encoders:
+            sharing = self.cfg.federated.encoder_sharing == "space"
+            if sharing and spaces.count(i["space"]) > 1 and i["space"] not in self.encoders:
                 self.encoders[i["space"]] = build_encoder(
                     self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
                 )
@@ -223,7 +224,9 @@ class FedAnchors:
         w = self.client_weights(self.group_weights, self.sampled)
         self.weights = torch.tensor([w.get(p, 0.0) for p in range(len(self.info))], dtype=torch.float64)
         spaces = [i["space"] for i in self.info]
-        scale = space_weights(spaces, self.weights)
+        # a client scales its encoder's gradient by the total weight of that encoder's holders
+        private = self.cfg.federated.encoder_sharing == "client"
+        scale = self.weights.tolist() if private else space_weights(spaces, self.weights)
         shared = [s in self.encoders for s in spaces]
         config = {"encoder_scale": scale, "encoder_shared": shared}
         return self._messages(MessageType.TRAIN, rnd, config, self.sampled)

@@ -20,7 +20,7 @@ from .flower_harness import run_rounds
 
 
 def _same_test_metrics(summary: dict, got: dict) -> None:
-    keys = [k for k in summary if k.startswith(("test_acc", "test_loss_group"))]
+    keys = [k for k in summary if k.startswith(("test_acc", "test_loss_group", "test_client_acc"))]
     assert "test_acc_wg" in keys and any(k.startswith("test_acc_group:") for k in keys)
     for k in keys:
         a, b = summary[k], got[k]
@@ -120,3 +120,28 @@ def test_a_client_state_location_comes_from_its_node_then_the_app_then_the_run()
     assert state_location(ctx({}, {"run-dir": "/runs/x"}), "/app") == "/app"
     assert state_location(ctx({}, {"run-dir": "/runs/x"}), None) == "/runs/x/clients"
     assert state_location(ctx({}, {}), None) == ""  # Flower's context.state
+
+
+def test_private_encoders_per_client_are_restored_and_never_shared(tmp_path):
+    """encoder_sharing: client (LG-FedAvg): three clients per group, each with its own encoder
+    (none on the server); evaluate restores every client's and reproduces the summary,
+    client-level accuracies included."""
+    fed = {"rounds": 3, "local_steps": 2, "clients": 3, "partition": "dirichlet", "encoder_sharing": "client"}
+    cfg = small_config(tmp_path, mode="federated", federated=fed)
+    rundir = RunDir.create(cfg)
+    server, grid, summary = run_rounds(cfg, 6, run=rundir)
+    rundir.release()
+    assert server.encoders == {}  # nothing shared: every encoder stays with its client
+    exchanged = [m for m in grid.sent if m.metadata.message_type in ("train", "evaluate")]
+    assert exchanged and not any(k.startswith("encoder.") for m in exchanged for k in m.content["global"].keys())
+    got = evaluate_run(rundir.path)
+    _same_test_metrics(json.loads((rundir.path / "summary.json").read_text()), got)
+    assert "test_client_acc_p10" in got
+    best = torch.load(rundir.path / "checkpoints" / "best_server.pt", weights_only=True)
+    encs = [
+        torch.load(rundir.path / "clients" / str(p) / f"r{r}.pt", weights_only=True)["encoder"]
+        for p, r in enumerate(best["client_rounds"])
+        if p < 3
+    ]
+    first = next(iter(encs[0]))
+    assert not torch.equal(encs[0][first], encs[1][first])  # two clients of one group: two encoders
