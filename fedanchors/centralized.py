@@ -127,7 +127,7 @@ class CentralizedTrainer:
             return {}
         encoders = [self.model.encoders[g.space] for g in self.data.groups]
         accs = client_accuracies(encoders, self.model.head, self.data, self.population, split, self.device)
-        return client_summary(accs, [c.group for c in self.population], self.data.names)
+        return client_summary(accs, [c.group for c in self.population], self.data.names) | {"client_accs": accs}
 
     def extras(self) -> dict[str, float]:
         out = anchor_w2(dict(self.model.encoders), self.model.anchors, self.data)

@@ -102,7 +102,7 @@ def federated_metrics(encoders, head, data: ScenarioData, population, split: str
         loss[c.group] += cl
         accs.append(float(cc.sum()) / int(ct.sum()) if int(ct.sum()) else float("nan"))
     out = summarize(data.names, correct, total, loss, data.class_sets)
-    return out | client_summary(accs, [c.group for c in population], data.names)
+    return out | client_summary(accs, [c.group for c in population], data.names) | {"client_accs": accs}
 
 
 def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "best") -> dict[str, float]:
@@ -129,7 +129,7 @@ def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "bes
         if has_population(cfg.federated, data):
             population = build_population(data, cfg.federated, cfg.seed)  # the centralized run's client view
             accs = client_accuracies(encoders, head, data, population, split, device)
-            metrics |= client_summary(accs, [c.group for c in population], data.names)
+            metrics |= client_summary(accs, [c.group for c in population], data.names) | {"client_accs": accs}
     out = {f"{split}_{k}": v for k, v in metrics.items()}
     tmp = run.path / f"evaluate_{which}_{split}.json.tmp"
     tmp.write_text(json.dumps(_jsonable(out), indent=2) + "\n")

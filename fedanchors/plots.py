@@ -45,11 +45,13 @@ def _keys(records: list[dict], prefix: str) -> list[str]:
 
 
 def plot_run(run: Path) -> Path:
-    """Four panels from metrics.jsonl: group accuracies, q, losses, W2 to the anchors."""
+    """Panels from metrics.jsonl: group accuracies, q, losses, W2 to the anchors; with a
+    population, the client-level accuracy over time and its distribution at the last record."""
     records = read_metrics(run)
     plt = _pyplot()
     x, xlabel = _x(records)
-    fig, ax = plt.subplots(2, 2, figsize=(11, 7.5))
+    clients = any(r.get("client_accs") for r in records)
+    fig, ax = plt.subplots(2, 3 if clients else 2, figsize=(16 if clients else 11, 7.5))
     a = ax[0, 0]
     for k in _keys(records, "acc_group:"):
         a.plot(x, _series(records, k), marker=".", label=k.split(":", 1)[1])
@@ -70,7 +72,11 @@ def plot_run(run: Path) -> Path:
         for k in _keys(records, prefix):
             a.plot(x, _series(records, k), marker=".", label=f"{k.split(':', 1)[1]} ({split})")
     a.set(title="W2^2 between anchors and each group's class Gaussians", yscale="log")
+    if clients:
+        _client_panels(ax[0, 2], ax[1, 2], records, x)
     for a in ax.flat:
+        if a.get_xlabel():
+            continue
         a.set_xlabel(xlabel)
         a.grid(alpha=0.3)
         if a.get_legend_handles_labels()[0]:
@@ -81,6 +87,25 @@ def plot_run(run: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _client_panels(curves, hist, records: list[dict], x: list[int]) -> None:
+    """Worst, 10th-percentile and mean client accuracy per record; the histogram of every
+    client's accuracy at the last record that has them."""
+    mean = [
+        sum(a for a in r["client_accs"] if a is not None) / max(1, sum(a is not None for a in r["client_accs"]))
+        if r.get("client_accs")
+        else math.nan
+        for r in records
+    ]
+    curves.plot(x, _series(records, "client_acc_worst"), "k-", marker=".", label="worst client")
+    curves.plot(x, _series(records, "client_acc_p10"), "C3-", marker=".", label="10th percentile")
+    curves.plot(x, mean, "C0--", label="mean client")
+    curves.set(title="client-level validation accuracy", ylabel="accuracy")
+    last = next(r for r in reversed(records) if r.get("client_accs"))
+    accs = [a for a in last["client_accs"] if a is not None]
+    hist.hist(accs, bins=20, range=(0, 1), color="C0")
+    hist.set(title=f"client accuracies, last record ({len(accs)} clients)", xlabel="accuracy", ylabel="clients")
 
 
 def plot_overlay(runs: list[Path], out: Path) -> Path:

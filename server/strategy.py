@@ -362,7 +362,7 @@ class FedAnchors:
             m = r.content["metrics"]
             total = sum(m[f"{split}_total"])
             accs[p] = sum(m[f"{split}_correct"]) / total if total else math.nan
-        out = client_summary(accs, self.cgroup, self.names)
+        out = client_summary(accs, self.cgroup, self.names) | {"client_accs": accs}
         if not complete:
             out |= {k: math.nan for k in ("client_acc_worst", "client_acc_p10", "client_acc_std")}
         return out

@@ -24,7 +24,10 @@ def _same_test_metrics(summary: dict, got: dict) -> None:
     assert "test_acc_wg" in keys and any(k.startswith("test_acc_group:") for k in keys)
     for k in keys:
         a, b = summary[k], got[k]
-        assert (a is None and math.isnan(b)) or a == b, (k, a, b)  # exactly, not approximately
+        pairs = zip(a, b) if isinstance(a, list) else [(a, b)]  # test_client_accs: one per client
+        assert not isinstance(a, list) or len(a) == len(b)
+        for x, y in pairs:
+            assert (x is None and math.isnan(y)) or x == y, (k, x, y)  # exactly, not approximately
 
 
 def test_evaluate_reproduces_a_centralized_summary(tmp_path):

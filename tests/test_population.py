@@ -203,8 +203,10 @@ def test_client_level_metrics_in_both_modes(tmp_path):
     rundir = RunDir.create(cfg)
     _, _, fed = run_rounds(cfg, 6, run=rundir)
     rundir.release()
-    keys = [k for k in fed if k.startswith("test_client_acc")]
+    keys = [k for k in fed if k.startswith("test_client_acc_")]
     assert len(keys) == 9  # worst, p10, std x (all, digits8, digits16)
+    assert central["test_client_accs"] == pytest.approx(fed["test_client_accs"], abs=1e-6)  # one per client
+    assert (tmp_path / "c" / "runs" / "t" / "plots.png").is_file()  # with the client panels
     for k in keys:
         assert central[k] == pytest.approx(fed[k], abs=1e-6), k
     assert fed["test_client_acc_worst"] <= fed["test_acc_wg"]  # a client is no better than its group's worst
