@@ -24,6 +24,7 @@ from fedanchors.rundir import resolve_device, seed_everything
 from fedanchors.train import local_train, make_optimizer, steps_per_epoch
 
 _DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
+_SLICES: dict[int, GroupData] = {}  # the clients' slices of that scenario, cut once per actor
 
 
 def scenario(cfg: Config) -> tuple[ScenarioData, list[Client]]:
@@ -33,6 +34,7 @@ def scenario(cfg: Config) -> tuple[ScenarioData, list[Client]]:
     key = json.dumps([to_dict(cfg.data), *parts], sort_keys=True)
     if key not in _DATA:
         _DATA.clear()
+        _SLICES.clear()
         data = build_scenario(cfg.data)
         _DATA[key] = (data, build_population(data, f, cfg.seed))
     return _DATA[key]
@@ -44,7 +46,9 @@ def client_group(cfg: Config, pid: int) -> tuple[GroupData, int]:
     if not 0 <= pid < len(population):
         raise ValueError(f"partition-id {pid} is outside the population 0..{len(population) - 1}")
     c = population[pid]
-    return client_data(data.groups[c.group], c), c.group
+    if pid not in _SLICES:  # indexing copies the rows: once, not on every message
+        _SLICES[pid] = client_data(data.groups[c.group], c)
+    return _SLICES[pid], c.group
 
 
 class ClientState:

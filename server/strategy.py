@@ -115,6 +115,7 @@ class FedAnchors:
                     "SuperNode its own --node-config partition-id"
                 )
             self.nodes[pid] = r.metadata.src_node_id
+            self.pid_of[r.metadata.src_node_id] = pid  # O(1) reply -> partition at any population
             c = r.content["info"]
             info[pid] = {
                 "group": c["group"],
@@ -180,8 +181,6 @@ class FedAnchors:
         self.round_bytes[1] += received
 
     def _partition(self, reply: Message) -> int:
-        if len(self.pid_of) != len(self.nodes):  # node id -> partition, O(1) per reply at any population
-            self.pid_of = {n: p for p, n in self.nodes.items()}
         return self.pid_of[reply.metadata.src_node_id]
 
     def _split_replies(self, rnd: int, replies: Iterable[Message]) -> list[tuple[int, Message]]:
