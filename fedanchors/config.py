@@ -20,6 +20,7 @@ from typing import Any, Union
 import yaml
 
 from fedanchors.errors import ConfigError
+from fedanchors.group_spec import GroupSpec
 
 
 class _Loader(yaml.SafeLoader):
@@ -122,9 +123,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which scenario, where its files are, and how it is split."""
+    """Which groups (a named scenario or preset, or ``groups`` written out), where the files are,
+    and how each group is split."""
 
-    scenario: str = "digits"
+    scenario: str = ""  # "" with no groups: digits
+    groups: tuple[GroupSpec, ...] = ()  # groups written in YAML (fedanchors.group_spec)
     root: str = ""  # "" -> $FEDANCHORS_DATA, else ../shared/data
     download: bool = False
     split_seed: int = 0

@@ -95,9 +95,9 @@ def check_run_name(name: str) -> None:
 def _check_registered(cfg: Config) -> None:
     """Names that point into registries must exist (imported late: registries fill on import)."""
     from fedanchors import losses, methods, models, population, server_opt
-    from fedanchors.data import SCENARIOS
+    from fedanchors.data import check_data_config
 
-    SCENARIOS.get(cfg.data.scenario, "data.scenario")
+    check_data_config(cfg.data)
     methods.METHODS.get(cfg.method.name, "method.name")
     server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
     population.PARTITIONERS.get(cfg.federated.partition, "federated.partition")

@@ -1,15 +1,91 @@
-"""Scenarios: real datasets split into groups. Importing this fills ``SCENARIOS``."""
+"""Scenarios: real datasets split into groups. Importing this fills ``SCENARIOS``, ``PRESETS``
+and ``SOURCES``.
+
+A run's groups come from ``data.groups`` (written in YAML, ``fedanchors.data.groups``), or
+from ``data.scenario``: a preset (a named group list) or a Python scenario.
+"""
+
+import difflib
 
 from fedanchors.data import digits, femnist, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
-from fedanchors.data.base import SCENARIOS, GroupData, ScenarioData, Split, check_labels, data_root
+from fedanchors.data.base import SCENARIO_OPTIONS, SCENARIOS, GroupData, ScenarioData, Split, check_labels, data_root
+from fedanchors.data.groups import build_groups, check_groups, parse_groups
+from fedanchors.data.presets import PRESETS
+from fedanchors.data.sources import SOURCES
+from fedanchors.errors import ConfigError
+from fedanchors.group_spec import GroupSpec
 
-__all__ = ["SCENARIOS", "GroupData", "ScenarioData", "Split", "data_root", "build_scenario"]
+__all__ = [
+    "PRESETS",
+    "SCENARIOS",
+    "SOURCES",
+    "GroupData",
+    "ScenarioData",
+    "Split",
+    "build_scenario",
+    "check_data_config",
+    "data_root",
+    "resolve_groups",
+]
+
+DEFAULT_SCENARIO = "digits"
+
+
+def scenario_name(cfg) -> str:
+    return cfg.scenario or DEFAULT_SCENARIO
+
+
+def resolve_groups(cfg) -> tuple[GroupSpec, ...] | None:
+    """The group list the data config declares (a preset expanded), or None for a Python scenario."""
+    if cfg.groups:
+        return cfg.groups
+    name = scenario_name(cfg)
+    if name in PRESETS:
+        p = PRESETS.get(name)
+        from fedanchors.data.base import _build
+
+        return parse_groups(p.expand(_build(p.options, dict(cfg.options), "data.options")), f"data.scenario {name}")
+    return None
+
+
+def check_data_config(cfg) -> None:
+    """Everything about ``data`` that can be checked without reading a file (at config load)."""
+    if cfg.groups:
+        if cfg.scenario:
+            raise ConfigError(
+                f"data.scenario: {cfg.scenario!r} and data.groups are both set; keep one (a scenario is a "
+                "named group list: --print-config shows it)"
+            )
+        if cfg.options:
+            raise ConfigError(
+                f"data.options {sorted(cfg.options)} is for a named scenario; a group takes its source's options "
+                "in its own 'options:' entry"
+            )
+        check_groups(cfg.groups)
+        return
+    name = scenario_name(cfg)
+    if name not in PRESETS and name not in SCENARIOS:
+        valid = sorted(PRESETS.names() + SCENARIOS.names())
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"data.scenario: unknown scenario {name!r}{hint}; valid: {', '.join(valid)}, or data.groups")
+    if name in PRESETS:
+        check_groups(resolve_groups(cfg), f"data.scenario {name}")
+    else:
+        from fedanchors.data.base import _build
+
+        _build(SCENARIO_OPTIONS[name], dict(cfg.options), "data.options")
 
 
 def build_scenario(cfg) -> ScenarioData:
-    """Build the configured scenario (``cfg`` is the run's DataConfig)."""
-    data = SCENARIOS.get(cfg.scenario, "data.scenario")(cfg)
+    """Build the configured groups (``cfg`` is the run's DataConfig)."""
+    groups = resolve_groups(cfg)
+    name = scenario_name(cfg)
+    if groups is not None:
+        data = build_groups(cfg, groups, "data.groups" if cfg.groups else f"data.scenario {name}")
+    else:
+        data = SCENARIOS.get(name, "data.scenario")(cfg)
     for g in data.groups:
         for split in ("train", "val", "test"):
-            check_labels(getattr(g, split).y, data.num_classes, f"scenario {cfg.scenario!r}, group {g.name} ({split})")
+            check_labels(getattr(g, split).y, data.num_classes, f"scenario {name}, group {g.name} ({split})")
     return data

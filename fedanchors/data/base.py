@@ -16,6 +16,7 @@ from fedanchors.errors import ConfigError, DataError
 from fedanchors.registry import Registry
 
 SCENARIOS: Registry = Registry("scenario")
+SCENARIO_OPTIONS: dict[str, type] = {}  # scenario -> its ``data.options`` dataclass (checked at load)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,6 +79,17 @@ def check_labels(y: torch.Tensor, num_classes: int, source: Path | str, what: st
         raise DataError(
             f"{source}: {what} {bad} is outside the declared classes 0..{num_classes - 1}; fix or replace the file"
         )
+
+
+def scenario(name: str, options: type) -> Any:
+    """Decorator: register a Python scenario ``fn(cfg: DataConfig) -> ScenarioData`` and its options."""
+
+    def deco(fn: Any) -> Any:
+        SCENARIOS.register(name)(fn)
+        SCENARIO_OPTIONS[name] = options
+        return fn
+
+    return deco
 
 
 def scenario_options(cls: type, cfg: DataConfig) -> Any:

@@ -19,13 +19,13 @@ import torch
 
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
-    SCENARIOS,
     GroupData,
     ScenarioData,
     Split,
     data_root,
     options_dataclass,
     resize,
+    scenario,
     scenario_options,
     split_fractions,
 )
@@ -80,7 +80,7 @@ def load_leaf(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Ten
     return out
 
 
-@SCENARIOS.register("femnist")
+@scenario("femnist", FemnistOptions)
 def femnist(cfg: DataConfig) -> ScenarioData:
     o = scenario_options(FemnistOptions, cfg)
     if not 0 < o.hi_fraction < 1:

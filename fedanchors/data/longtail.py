@@ -6,11 +6,11 @@ import torch
 
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
-    SCENARIOS,
     GroupData,
     ScenarioData,
     Split,
     options_dataclass,
+    scenario,
     scenario_options,
     split_fractions,
 )
@@ -31,7 +31,7 @@ class MnistLtOptions:
     head_classes: int = 5
 
 
-@SCENARIOS.register("mnist_lt")
+@scenario("mnist_lt", MnistLtOptions)
 def mnist_lt(cfg: DataConfig) -> ScenarioData:
     """Training classes follow the long-tailed profile; validation and test stay balanced.
 

@@ -1,4 +1,4 @@
-"""MNIST from torchvision's ``MNIST/raw`` IDX layout, and the ``mnist_hetero`` scenario."""
+"""MNIST from torchvision's ``MNIST/raw`` IDX layout (the ``mnist`` source and the MNIST scenarios read it)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,11 @@ import torch
 
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
-    SCENARIOS,
-    GroupData,
-    ScenarioData,
-    Split,
     check_labels,
     data_root,
-    group_fractions,
-    make_group,
-    make_group_fixed_test,
     options_dataclass,
-    resize,
-    scenario_options,
-    split_fractions,
 )
-from fedanchors.errors import ConfigError, DataError
+from fedanchors.errors import DataError
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -112,44 +102,3 @@ class MnistHeteroOptions:
 
     fractions: dict[str, float] = field(default_factory=lambda: {"mnist28": 0.5, "mnist32": 0.5})
     pool: bool = True
-
-
-@SCENARIOS.register("mnist_hetero")
-def mnist_hetero(cfg: DataConfig) -> ScenarioData:
-    """System 1: MNIST at 28x28 and MNIST resized to 32x32, each its own input space."""
-    opts = scenario_options(MnistHeteroOptions, cfg)
-    names = ["mnist28", "mnist32"]
-    fractions = group_fractions(opts.fractions, names)
-    if opts.pool:
-        x, y = mnist_pool(cfg)
-        parts = split_fractions(len(y), fractions, cfg.split_seed)
-        return ScenarioData([_hetero_group(cfg, i, n, x[p], y[p]) for i, (n, p) in enumerate(zip(names, parts))], 10)
-    files = load_mnist(cfg)
-    if set(files) != {"train", "test"}:
-        raise DataError(
-            f"data.options.pool: false needs both official MNIST files, found only {sorted(files)}; "
-            "set data.options.pool: true to split the files present"
-        )
-    (xtr, ytr), (xte, yte) = files["train"], files["test"]
-    tr_parts = split_fractions(len(ytr), fractions, cfg.split_seed)
-    te_parts = split_fractions(len(yte), fractions, cfg.split_seed + 100)
-    groups = []
-    for i, (name, ptr, pte) in enumerate(zip(names, tr_parts, te_parts)):
-        g = _hetero_group(cfg, i, name, xtr[ptr], ytr[ptr], official_test=(xte[pte], yte[pte]))
-        groups.append(g)
-    return ScenarioData(groups, 10)
-
-
-def _hetero_group(
-    cfg: DataConfig, i: int, name: str, x: torch.Tensor, y: torch.Tensor, official_test: tuple | None = None
-) -> GroupData:
-    """One pixel-size group; with ``official_test`` its train/val come from x and test is given."""
-    if len(y) == 0:
-        raise ConfigError(f"data.options.fractions gives group {name!r} no images")
-    side = 28 if name == "mnist28" else 32
-    if official_test is None:
-        return make_group(name, name, resize(x, side), y, cfg, cfg.split_seed + 1 + i)
-    xt, yt = official_test
-    return make_group_fixed_test(
-        name, name, resize(x, side), y, Split(resize(xt, side), yt), cfg, cfg.split_seed + 1 + i
-    )

@@ -10,25 +10,19 @@ import torch
 
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
-    SCENARIOS,
     GroupData,
     ScenarioData,
     Split,
     options_dataclass,
+    scenario,
     scenario_options,
     split_fractions,
 )
 from fedanchors.data.mnist import mnist_pool
+from fedanchors.data.transforms import dot_mask, exact_subset
 from fedanchors.errors import ConfigError
 
 COLOURS = ("red", "green")
-
-
-def exact_subset(n: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """A boolean mask with exactly round(fraction * n) seeded-random entries set."""
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=generator)[: round(fraction * n)]] = True
-    return mask
 
 
 def colour_environment(
@@ -70,7 +64,7 @@ def colored_group_name(colour: int, label: int) -> str:
     return f"{COLOURS[colour]}_y{label}"
 
 
-@SCENARIOS.register("colored_mnist")
+@scenario("colored_mnist", ColoredMnistOptions)
 def colored_mnist(cfg: DataConfig) -> ScenarioData:
     """Groups (colour, label): ``red_y0`` and ``green_y1`` are the majorities in training."""
     o = scenario_options(ColoredMnistOptions, cfg)
@@ -121,19 +115,7 @@ class ConfoundedMnistOptions:
     mask_seed: int = 0  # where the dots sit (one fixed pattern for every image)
 
 
-def dot_mask(side: int, dots: int, size: int, seed: int) -> torch.Tensor:
-    """A fixed (side, side) boolean mask of ``dots`` non-overlapping square dots."""
-    gen = torch.Generator().manual_seed(seed)
-    cells = side // size
-    chosen = torch.randperm(cells * cells, generator=gen)[:dots]
-    mask = torch.zeros(side, side, dtype=torch.bool)
-    for c in chosen.tolist():
-        r, k = divmod(c, cells)
-        mask[r * size : (r + 1) * size, k * size : (k + 1) * size] = True
-    return mask
-
-
-@SCENARIOS.register("confounded_mnist")
+@scenario("confounded_mnist", ConfoundedMnistOptions)
 def confounded_mnist(cfg: DataConfig) -> ScenarioData:
     """System 5: group ``confounded`` (every target-class image dotted) and group ``corrected``.
 

@@ -21,12 +21,12 @@ import torch
 
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
-    SCENARIOS,
     GroupData,
     ScenarioData,
     Split,
     data_root,
     options_dataclass,
+    scenario,
     scenario_options,
     split_fractions,
 )
@@ -108,7 +108,7 @@ def _captions(labelled, ids) -> tuple[list[str], torch.Tensor]:
     return [p[0] for p in pairs], torch.tensor([p[1] for p in pairs], dtype=torch.int64)
 
 
-@SCENARIOS.register("textcaps")
+@scenario("textcaps", TextCapsOptions)
 def textcaps(cfg: DataConfig) -> ScenarioData:
     """System 2: an ``image`` group and a ``text`` group over TextCaps' top-K classes."""
     o = scenario_options(TextCapsOptions, cfg)

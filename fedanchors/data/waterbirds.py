@@ -16,13 +16,13 @@ import torch
 
 from fedanchors.config import DataConfig
 from fedanchors.data.base import (
-    SCENARIOS,
     GroupData,
     ScenarioData,
     Split,
     check_labels,
     data_root,
     options_dataclass,
+    scenario,
     scenario_options,
 )
 from fedanchors.errors import ConfigError, DataError
@@ -84,7 +84,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path} ({e}); replace it with an intact copy") from None
 
 
-@SCENARIOS.register("waterbirds")
+@scenario("waterbirds", WaterbirdsOptions)
 def waterbirds(cfg: DataConfig) -> ScenarioData:
     """Groups ``landbird_land``, ``landbird_water``, ``waterbird_land``, ``waterbird_water``."""
     o = scenario_options(WaterbirdsOptions, cfg)
