@@ -7,6 +7,7 @@ builds the data; ``check_groups`` there validates a list before any file is read
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,3 +91,20 @@ class GroupSpec:
 
 SELECTION_KEYS = ("fraction", "count", "classes", "imbalance", "speakers", "writers", "where")
 TRANSFORM_KEYS = ("resize", "dots", "colour", "greyscale", "features")
+
+
+def compact(spec: Any) -> dict:
+    """The fields of a spec that differ from their defaults (nested specs compacted too; a
+    ``kind`` always kept), as plain YAML-ready values: what a user would have written."""
+    out: dict = {}
+    for f in dataclasses.fields(spec):
+        v = getattr(spec, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if v == default and f.name != "kind":  # a kind is kept: {kind: log_mel} reads better than {}
+            continue
+        if dataclasses.is_dataclass(v):
+            v = compact(v) or {}
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out

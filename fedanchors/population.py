@@ -17,6 +17,7 @@ few lines, tested for disjointness, coverage, skew and repeatability.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,32 +93,47 @@ class Client:
     test: torch.Tensor
 
 
-def clients_of(f, name: str) -> int:
-    return int(f.group_clients.get(name, f.clients))
+def group_federated(f, g: GroupData):
+    """``f`` with the group's own population (a YAML group's ``clients`` / ``partition``) in force.
+
+    A group's ``clients`` beats ``federated.group_clients[<group>]``, which beats
+    ``federated.clients``; its ``partition`` replaces ``federated.partition`` and its settings."""
+    own = g.meta.get("population") or {}
+    k = own.get("clients") or f.group_clients.get(g.name, f.clients)
+    p = own.get("partition")
+    changes = {"clients": int(k)}
+    if p is not None:
+        changes.update(partition=p.kind, partition_alpha=p.alpha, partition_labels=p.labels)
+    return dataclasses.replace(f, **changes)
+
+
+def clients_of(f, g: GroupData) -> int:
+    return group_federated(f, g).clients
 
 
 def has_population(f, data: ScenarioData) -> bool:
-    """Whether the config gives some group more than one client (then client-level metrics exist)."""
-    return f.partition == "natural" or any(clients_of(f, g.name) > 1 for g in data.groups)
+    """Whether some group has more than one client (then client-level metrics exist)."""
+    return any(group_federated(f, g).partition == "natural" or clients_of(f, g) > 1 for g in data.groups)
 
 
 def build_population(data: ScenarioData, f, seed: int) -> list[Client]:
     """Every client of every group, in partition-id order (group by group)."""
     out: list[Client] = []
     for gi, g in enumerate(data.groups):
-        if f.partition == "natural":
+        gf = group_federated(f, g)
+        if gf.partition == "natural":
             out += natural(g, gi)
             continue
-        k = clients_of(f, g.name)
+        k = gf.clients
         if k > len(g.train):
             raise ConfigError(
                 f"federated: group {g.name} has {len(g.train)} training examples, fewer than its {k} clients"
             )
         s = stable_seed(seed, "partition", g.name)
-        train = PARTITIONERS.get(f.partition, "federated.partition")(g.train.y, k, s, f)
+        train = PARTITIONERS.get(gf.partition, "federated.partition")(g.train.y, k, s, gf)
         if min(len(p) for p in train) == 0:
             raise ConfigError(
-                f"federated.partition: {f.partition} leaves a client of group {g.name} without examples; "
+                f"federated.partition: {gf.partition} leaves a client of group {g.name} without examples; "
                 "use fewer clients or another partitioner"
             )
         val = follow(g.train.y, train, g.val.y, s + 1)
@@ -138,7 +154,8 @@ def natural(g: GroupData, gi: int) -> list[Client]:
     owners = g.meta.get("owners")
     if owners is None:
         raise ConfigError(
-            f"federated.partition: natural needs a dataset with its own clients (femnist); group {g.name} has none"
+            f"partition: natural needs a source with its own clients (femnist writers, fsdd speakers); "
+            f"group {g.name} has none"
         )
     ids = torch.unique(owners["train"]).tolist()
     rows = {s: [torch.nonzero(owners[s] == k).flatten() for k in ids] for s in ("train", "val", "test")}

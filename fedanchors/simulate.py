@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue an interrupted run from its last checkpoint (its config.yaml is used)",
     )
     p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (a named scenario's groups written out) and exit; reads no data",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -222,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             summary = resume(args.resume, args.config, args.overrides)
             return _print_summary(summary)
         cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(resolved_yaml(cfg), end="")
+            return 0
         if args.compare:
             print(run_compare(cfg))
             print(f"\nreport: {cfg.out_dir}/{cfg.name}-compare/report.md (curves: compare.png)")
@@ -237,6 +245,26 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return _print_summary(summary)
+
+
+def resolved_yaml(cfg: Config) -> str:
+    """The config as YAML with its groups written out: a preset (``data.scenario: digits``)
+    becomes the ``data.groups`` it expands to, so the printed file runs the same data."""
+    import yaml
+
+    from fedanchors.data import resolve_groups, scenario_name
+    from fedanchors.group_spec import compact
+
+    d = to_dict(cfg)
+    groups = resolve_groups(cfg.data)
+    head = f"# resolved config of {cfg.name or 'the defaults'}"
+    if groups is None:
+        head += f"\n# data.scenario {scenario_name(cfg.data)} is a Python scenario (no group list to print)"
+    else:
+        if not cfg.data.groups:
+            head += f"\n# data.scenario {scenario_name(cfg.data)} is a preset; its groups are written out below"
+        d["data"].update(scenario="", options={}, groups=[compact(g) for g in groups])
+    return head + "\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=120)
 
 
 def _print_summary(summary: dict) -> int:

@@ -63,4 +63,4 @@ def test_natural_partition_needs_a_dataset_with_clients(tmp_path):
     res = cli(
         "--config", "configs/digits_fed.yaml", "--set", "federated.partition=natural", "--set", f"out_dir={tmp_path}"
     )
-    assert_one_line_error(res, "natural needs a dataset with its own clients")
+    assert_one_line_error(res, "natural needs a source with its own clients")

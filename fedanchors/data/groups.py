@@ -247,6 +247,8 @@ def build_groups(cfg: DataConfig, groups: tuple[GroupSpec, ...], name: str = "da
         if len(splits["train"]) == 0:
             raise ConfigError(f"{key}: group {g.name} has no training examples after its share and selection")
         meta = {**_owners_meta(parts, src.owners), **loaded[i].meta}
+        if src.units:  # which unit (writer, image) each example belongs to, per split
+            meta["units"] = {s: p.units for s, p in parts.items() if p.units is not None}
         if g.majority is not None:
             meta["majority"] = g.majority
         if g.clients or g.partition is not None:

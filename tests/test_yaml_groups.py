@@ -1,0 +1,303 @@
+"""Groups written in YAML: presets build the old scenarios' exact tensors, user group lists
+(four sources and modalities, a ColoredMNIST-style minority from transforms) train in both
+modes, and every malformed list is one line at load, before any data is read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fedanchors.config import from_dict, load_config
+from fedanchors.data import build_scenario
+from fedanchors.data.sources import Pool, SourceData, source
+from fedanchors.errors import ConfigError
+from fedanchors.population import build_population
+from tests.conftest import REPO
+from tests.fixtures import make_textcaps, make_waterbirds
+from tests.test_config import assert_one_line_error, cli
+
+
+def fingerprint(data) -> str:
+    """sha256 over every group's name, space and split tensors (the script that recorded the
+    values below ran this same function on the scenario functions before they became presets)."""
+    h = hashlib.sha256()
+    h.update(str(data.num_classes).encode())
+    for g in data.groups:
+        h.update(f"{g.name}|{g.space}".encode())
+        for s in ("train", "val", "test"):
+            sp = getattr(g, s)
+            h.update(sp.x.contiguous().numpy().tobytes())
+            h.update(sp.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# recorded at commit 8d8e947 (Python scenario functions), see fingerprint()
+BEFORE = {
+    ("digits", ()): "583a1054745f69e6",
+    ("digits", ("data.max_per_group=300", "data.split_seed=3")): "3e5ad0882db1a060",
+    ("mnist_hetero", ()): "9ce7c1dce5474c69",
+    ("digits_3way", ()): "33bcb1d03b825634",
+    ("mnist_audio", ()): "58a40b6dddf81b60",
+    ("mnist_audio", ("data.max_per_group=200",)): "9bbfaec3907e671d",
+}
+
+
+@pytest.mark.parametrize("name,sets", list(BEFORE))
+def test_presets_build_the_old_scenarios_exactly(name, sets, request):
+    root = [] if name == "digits" else [f"data.root={request.getfixturevalue('shared_data')}"]
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", [*sets, *root])
+    assert fingerprint(build_scenario(cfg.data)) == BEFORE[(name, sets)]
+
+
+def test_digits_config_gives_the_same_test_metrics(tmp_path):
+    """configs/digits.yaml, 3 epochs: the summary recorded before presets existed (commit 8d8e947)."""
+    res = cli("--config", "configs/digits.yaml", "--set", "optim.epochs=3", "--set", f"out_dir={tmp_path}")
+    assert res.returncode == 0, res.stderr
+    s = json.loads((tmp_path / "digits" / "summary.json").read_text())
+    assert s["test_acc_all"] == 0.7694444444444445
+    assert s["test_acc_group:digits8"] == 0.6944444444444444
+    assert s["test_acc_group:digits16"] == 0.8444444444444444
+    assert s["test_acc_bal"] == pytest.approx(0.782069990613928, abs=1e-12)
+    assert s["test_loss_group:digits8"] == pytest.approx(0.8547797309027778, rel=1e-6)
+
+
+def test_print_config_writes_a_preset_out_and_runs_the_same_data(tmp_path):
+    res = cli("--config", "configs/digits.yaml", "--print-config", "--set", "data.root=/nonexistent")
+    assert res.returncode == 0, res.stderr
+    assert "is a preset" in res.stdout
+    raw = yaml.safe_load(res.stdout)
+    assert raw["data"]["scenario"] == "" and [g["source"] for g in raw["data"]["groups"]] == ["uci_digits"] * 2
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(res.stdout)
+    cfg = load_config(printed, ["data.root="])
+    assert fingerprint(build_scenario(cfg.data)) == BEFORE[("digits", ())]
+
+
+FOUR = """
+name: four
+data:
+  groups:
+    - {name: uci8, source: uci_digits}
+    - {name: mnist28, source: mnist, fraction: 0.45}
+    - {name: mnist32, source: mnist, fraction: 0.45, resize: 32}
+    - {name: audio, source: fsdd, fraction: 0.1, features: {kind: log_mel, n_mels: 32}}
+model:
+  latent_dim: 16
+  encoder: {kind: cnn, channels: [8], hidden: 32}
+optim: {epochs: 1, batch_size: 64}
+federated: {rounds: 1, local_steps: 3, num_cpus: 0.5}
+"""
+
+
+def _four(tmp_path: Path, shared_data: Path) -> Path:
+    p = tmp_path / "four.yaml"
+    raw = yaml.safe_load(FOUR)
+    raw["data"]["root"] = str(shared_data)
+    raw["out_dir"] = str(tmp_path / "runs")
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_four_group_yaml_builds_what_it_says(tmp_path, shared_data):
+    cfg = load_config(_four(tmp_path, shared_data))
+    data = build_scenario(cfg.data)
+    assert data.names == ["uci8", "mnist28", "mnist32", "audio"] and data.num_classes == 10
+    spaces = {g.name: (g.space, g.shape) for g in data.groups}
+    assert spaces["uci8"] == ("px8", (1, 8, 8)) and spaces["mnist28"] == ("px28", (1, 28, 28))
+    assert spaces["mnist32"] == ("px32", (1, 32, 32)) and spaces["audio"] == ("spectrogram1x32x63", (1, 32, 63))
+    size = {g.name: len(g.train) + len(g.val) + len(g.test) for g in data.groups}
+    assert size["uci8"] == 1797
+    n_mnist = 10000  # the MNIST file present here (t10k); 45% each, disjoint
+    assert size["mnist28"] == size["mnist32"] == round(0.45 * n_mnist)
+    a = data.groups[3]
+    assert len(a.test) == 30 and len(a.train) + len(a.val) == 270  # 10% of FSDD's official test / train
+    assert abs(float(a.train.x.mean())) < 0.1  # standardised with the training statistics
+    assert sorted(a.meta["speakers"]) == a.meta["speakers"] and len(a.meta["owners"]["train"]) == len(a.train)
+
+
+@pytest.mark.parametrize("mode", ["centralized", "federated"])
+def test_four_group_yaml_trains_in_both_modes(tmp_path, shared_data, mode):
+    p = _four(tmp_path, shared_data)
+    res = cli("--config", str(p), "--set", f"mode={mode}", "--set", "progress=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((tmp_path / "runs" / "four" / "summary.json").read_text())
+    for g in ("uci8", "mnist28", "mnist32", "audio"):
+        assert 0 <= s[f"test_acc_group:{g}"] <= 1
+    assert s["test_acc_wg"] == min(s[f"test_acc_group:{g}"] for g in ("uci8", "mnist28", "mnist32", "audio"))
+
+
+COLOURED = """
+data:
+  root: {root}
+  groups:
+    - {{name: majority, source: mnist, fraction: 0.8, colour: {{agreement: 1.0, test_agreement: 0.0}}, majority: true}}
+    - {{name: minority, source: mnist, fraction: 0.2, colour: {{agreement: 0.0, test_agreement: 1.0}}, majority: false}}
+"""
+
+
+def test_coloured_minority_from_transforms_only(tmp_path, shared_data):
+    p = tmp_path / "c.yaml"
+    p.write_text(COLOURED.format(root=shared_data))
+    data = build_scenario(load_config(p).data)
+    assert data.num_classes == 2 and len(data.spaces()) == 1  # one derived space: image2x14x14
+    assert data.groups[0].space == "image2x14x14"
+    for g, agree in zip(data.groups, (True, False)):
+        for name in ("train", "val", "test"):
+            s = getattr(g, name)
+            hue = (s.x[:, 1].flatten(1).sum(1) > 0).long()  # ink in the green channel
+            assert float(s.x[:, 0].flatten(1).sum(1).mul(s.x[:, 1].flatten(1).sum(1)).abs().sum()) == 0.0
+            wanted = agree if name != "test" else not agree  # test_agreement flips the correlation
+            assert bool(((hue == s.y) == wanted).all())
+    n = sum(len(getattr(data.groups[1], s)) for s in ("train", "val", "test"))
+    assert n == round(0.2 * 10000) and data.groups[1].meta["majority"] is False
+
+
+def test_longtail_classes_and_count_selection(shared_data):
+    groups = [
+        {"name": "head", "source": "mnist", "fraction": 0.5, "classes": [0, 1, 2, 3, 4], "imbalance": 10},
+        {"name": "tail", "source": "mnist", "fraction": 0.5, "classes": [5, 6, 7, 8, 9], "count": 500},
+    ]
+    cfg = from_dict({"data": {"root": str(shared_data), "groups": groups}})
+    head, tail = build_scenario(cfg.data).groups
+    counts = torch.bincount(head.train.y, minlength=10)[:5].tolist()
+    assert counts[0] > counts[4] and round(counts[0] / counts[4]) == 10 and counts == sorted(counts, reverse=True)
+    assert set(head.test.y.tolist()) == {0, 1, 2, 3, 4} and set(tail.train.y.tolist()) == {5, 6, 7, 8, 9}
+    assert len(tail.train) + len(tail.val) + len(tail.test) == 500
+
+
+def test_dots_and_their_removal(shared_data):
+    dots = {"n": 6, "size": 2, "classes": [8], "splits": ["train"]}
+    groups = [
+        {"name": "confounded", "source": "mnist", "fraction": 0.5, "dots": dots},
+        {"name": "corrected", "source": "mnist", "fraction": 0.5, "classes": [8], "dots": {**dots, "remove": True}},
+    ]
+    from fedanchors.data.transforms import dot_mask
+
+    conf, corr = build_scenario(from_dict({"data": {"root": str(shared_data), "groups": groups}}).data).groups
+    mask = dot_mask(28, 6, 2, 0)
+    eights = conf.train.y == 8
+    assert bool((conf.train.x[eights][:, 0, mask] == 1).all()) and not bool((conf.test.x[:, 0, mask] == 1).all())
+    assert float(corr.train.x[:, 0, mask].abs().sum()) == 0.0 and conf.space == corr.space == "px28"
+
+
+def test_per_group_clients_and_partition():
+    groups = [
+        {"name": "a", "source": "uci_digits", "fraction": 0.5, "clients": 5, "partition": {"kind": "shards"}},
+        {"name": "b", "source": "uci_digits", "fraction": 0.5, "resize": 16},
+    ]
+    cfg = from_dict({"mode": "federated", "data": {"groups": groups}, "federated": {"clients": 2}})
+    data = build_scenario(cfg.data)
+    pop = build_population(data, cfg.federated, cfg.seed)
+    assert [c.group for c in pop] == [0, 0, 0, 0, 0, 1, 1]
+    for c in pop[:5]:  # shards: at most partition_labels (2) labels per client
+        assert len(torch.unique(data.groups[0].train.y[c.train])) <= 2
+
+
+def test_femnist_writers_are_units_and_natural_clients(shared_data):
+    groups = [
+        {"name": "hi", "source": "femnist", "fraction": 0.8, "partition": {"kind": "natural"}},
+        {"name": "lo", "source": "femnist", "fraction": 0.2, "resize": 14},
+    ]
+    cfg = from_dict({"mode": "federated", "data": {"root": str(shared_data), "groups": groups}})
+    data = build_scenario(cfg.data)
+    hi, lo = data.groups
+    assert data.num_classes == 62 and not set(hi.meta["writers"]) & set(lo.meta["writers"])
+    assert len(hi.meta["writers"]) == 88 and len(lo.meta["writers"]) == 22  # 80% of the 110 writers
+    pop = build_population(data, cfg.federated, 0)
+    assert sum(c.group == 0 for c in pop) == 88 and sum(c.group == 1 for c in pop) == 1
+
+
+def test_textcaps_views_get_disjoint_images_and_waterbirds_where(tmp_path):
+    make_textcaps(tmp_path)
+    make_waterbirds(tmp_path, per_cell=3)
+    groups = [
+        {"name": "image", "source": "textcaps", "fraction": 0.5, "options": {"view": "image", "top_k": 3}},
+        {"name": "text", "source": "textcaps", "fraction": 0.5, "options": {"view": "text", "top_k": 3}},
+        {"name": "wb_water", "source": "waterbirds", "where": {"place": 1}, "options": {"size": 16}},
+    ]
+    data = build_scenario(from_dict({"data": {"root": str(tmp_path), "groups": groups, "val_fraction": 0.2}}).data)
+    image, text, birds = data.groups
+    assert image.shape == (3, 64, 64) and text.shape == (32,) and text.meta["vocab_size"] > 2
+    assert image.space != text.space and birds.space == "image3x16x16"
+    # disjoint images: no image id is in both views, in any split
+    for split in ("train", "test"):
+        a, b = set(image.meta["units"][split].tolist()), set(text.meta["units"][split].tolist())
+        assert a and b and not a & b
+    # where: {place: 1} keeps the water backgrounds (blue, not green), official train+val / test
+    assert len(birds.train) + len(birds.val) == 2 * 3 * 2 and len(birds.test) == 2 * 3
+    for s in (birds.train, birds.val, birds.test):
+        assert bool((s.x[:, 2, 0, 0] > s.x[:, 1, 0, 0]).all())
+
+
+@source("test_mirror_digits", classes=10, modality="image", shape=(1, 8, 8))
+def _mirror(cfg, options) -> SourceData:
+    """A source defined in one decorated function: UCI digits mirrored left-right."""
+    from fedanchors.data.digits import load_uci_digits
+
+    x, y = load_uci_digits()
+    return SourceData(Pool(x.flip(-1), y))
+
+
+def test_a_new_source_is_one_decorated_function():
+    groups = [
+        {"name": "plain", "source": "uci_digits", "fraction": 0.5},
+        {"name": "mirror", "source": "test_mirror_digits"},
+    ]
+    data = build_scenario(from_dict({"data": {"groups": groups}}).data)
+    assert data.groups[1].shape == (1, 8, 8) and data.groups[0].space == data.groups[1].space == "px8"
+
+
+BAD = [
+    ({"groups": [{"name": "a", "source": "mnsit"}]}, ["data.groups[0].source", "'mnist'"]),
+    ({"groups": [{"name": "a", "source": "mnist", "colur": {}}]}, ["data.groups[0].colur", "colour"]),
+    (
+        {
+            "groups": [
+                {"name": "a", "source": "mnist", "fraction": 0.7},
+                {"name": "b", "source": "mnist", "fraction": 0.5},
+            ]
+        },
+        ["source mnist sum to 1.2 > 1"],
+    ),
+    ({"groups": [{"name": "a", "source": "mnist", "classes": [3, 10]}]}, ["data.groups[0].classes", "[10]", "0..9"]),
+    (
+        {
+            "groups": [
+                {"name": "a", "source": "mnist", "space": "s"},
+                {"name": "b", "source": "uci_digits", "space": "s"},
+            ]
+        },
+        ["share space 's'", "[1, 28, 28]", "[1, 8, 8]"],
+    ),
+    ({"groups": [{"name": "a", "source": "mnist", "fraction": 0}]}, ["data.groups[0].fraction", "empty group"]),
+    ({"groups": [{"name": "a", "source": "fsdd"}]}, ["data.groups[0]", "features"]),
+    ({"groups": [{"name": "a", "source": "mnist", "speakers": ["jackson"]}]}, ["data.groups[0].speakers", "neither"]),
+    ({"groups": [{"name": "a", "source": "uci_digits", "features": {}}]}, ["features", "audio groups"]),
+    ({"groups": [{"name": "a", "source": "mnist", "options": {"pol": True}}]}, ["data.groups[0].options.pol", "pool"]),
+    ({"scenario": "colored_mnist", "options": {"agreemnt": [0.9]}}, ["data.options.agreemnt", "agreement"]),
+    ({"scenario": "digits", "options": {"fraction": {}}}, ["data.options.fraction", "fractions"]),
+    ({"scenario": "digits", "groups": [{"name": "a", "source": "mnist"}]}, ["both set"]),
+    ({"scenario": "colord_mnist"}, ["data.scenario", "'colored_mnist'"]),
+]
+
+
+@pytest.mark.parametrize("data,needles", BAD)
+def test_bad_groups_fail_at_load_before_any_data_is_read(tmp_path, data, needles):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"data": {**data, "root": str(tmp_path / "no-data-here")}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    for n in needles:
+        assert n in str(e.value), str(e.value)
+
+
+def test_bad_group_is_one_line_on_the_cli(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("data:\n  groups:\n    - {name: a, source: mnist, resise: 32}\n")
+    assert_one_line_error(cli("--config", str(p), "--set", f"out_dir={tmp_path}"), "data.groups[0].resise", "resize")
+    assert not (tmp_path / "bad").exists()
