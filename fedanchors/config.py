@@ -20,7 +20,7 @@ from typing import Any, Union
 import yaml
 
 from fedanchors.errors import ConfigError
-from fedanchors.group_spec import GroupSpec
+from fedanchors.group_spec import GroupSpec, compact
 
 
 class _Loader(yaml.SafeLoader):
@@ -426,8 +426,10 @@ def _lists(x: Any) -> Any:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (groups with only the keys that differ from defaults)."""
+    d = to_dict(cfg)
+    d["data"]["groups"] = [compact(g) for g in cfg.data.groups]
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
 
 
 def replace(cfg: Config, overrides: list[str]) -> Config:

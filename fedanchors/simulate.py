@@ -252,7 +252,7 @@ def resolved_yaml(cfg: Config) -> str:
     becomes the ``data.groups`` it expands to, so the printed file runs the same data."""
     import yaml
 
-    from fedanchors.data import resolve_groups, scenario_name
+    from fedanchors.data import check_groups, resolve_groups, scenario_name
     from fedanchors.group_spec import compact
 
     d = to_dict(cfg)
@@ -263,7 +263,8 @@ def resolved_yaml(cfg: Config) -> str:
     else:
         if not cfg.data.groups:
             head += f"\n# data.scenario {scenario_name(cfg.data)} is a preset; its groups are written out below"
-        d["data"].update(scenario="", options={}, groups=[compact(g) for g in groups])
+        spaces = check_groups(groups)  # each group's input space, derived where not given
+        d["data"].update(scenario="", options={}, groups=[{**compact(g), "space": spaces[g.name][0]} for g in groups])
     return head + "\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=120)
 
 

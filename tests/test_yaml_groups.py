@@ -301,3 +301,19 @@ def test_bad_group_is_one_line_on_the_cli(tmp_path):
     p.write_text("data:\n  groups:\n    - {name: a, source: mnist, resise: 32}\n")
     assert_one_line_error(cli("--config", str(p), "--set", f"out_dir={tmp_path}"), "data.groups[0].resise", "resize")
     assert not (tmp_path / "bad").exists()
+
+
+def test_readme_group_examples_build(shared_data):
+    """The YAML blocks of the README's "Define your own groups" section load and build."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Define your own groups") :]
+    section = section[: section.index("\n## ", 5)]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
+    assert len(blocks) == 2
+    for b in blocks:
+        raw = yaml.safe_load(b)
+        raw["data"]["root"] = str(shared_data)
+        cfg = from_dict({"mode": "federated", **raw})
+        data = build_scenario(cfg.data)
+        assert data.names == [g.name for g in cfg.data.groups]
+        assert len(build_population(data, cfg.federated, 0)) == sum(g.clients or 1 for g in cfg.data.groups)
