@@ -108,7 +108,8 @@ class ClientModel:
         m, a = cfg.model, cfg.anchors
         self.encoder = build_encoder(m, group.space, group.shape, cfg.seed, group.meta).to(self.device)
         self.head = build_head(m, num_classes, cfg.seed).to(self.device)
-        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed).to(self.device)
+        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed, a.covariance)
+        self.anchors = self.anchors.to(self.device)
         self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
         if blob is not None:
             try:
@@ -142,7 +143,12 @@ class ClientModel:
         """
         if running is None:
             counts, means, covs = group_class_gaussians(
-                self.encoder, self.group.train.x, self.group.train.y, self.anchors.num_classes, self.cfg.anchors.cov_eps
+                self.encoder,
+                self.group.train.x,
+                self.group.train.y,
+                self.anchors.num_classes,
+                self.cfg.anchors.cov_eps,
+                self.anchors.structure,
             )
             return {"counts": counts.numpy(), "means": means.numpy(), "covs": covs.numpy()}
         sums = running

@@ -56,11 +56,20 @@ def barycenter_step(
     one fixed-point iteration S <- S^-1/2 (sum_g a_g (S^1/2 Sigma_g S^1/2)^1/2)^2 S^-1/2
     (Alvarez-Esteban et al. 2016, Thm 4.2), warm-started from the current anchors, so the
     anchors converge to the barycenter over rounds. Classes no client holds stay put.
+    Diagonal anchors: the barycenter in closed form, sqrt(v) = sum_g a_g sqrt(v_g) (diagonal
+    Gaussians commute); means-only anchors: the means step alone.
     """
     wc = _class_weights(counts, weights.to(means.dtype))  # (G, C)
     seen = wc.sum(0) > 0
     a = wc / wc.sum(0).clamp_min(1e-12)
     new_means = (a.unsqueeze(-1) * means).sum(0)
+    anchors.means[seen] = new_means[seen].to(anchors.means.dtype)
+    if anchors.structure == "none":
+        return
+    if anchors.structure == "diag":  # commuting covariances: sqrt of the barycenter = mean of sqrts, exactly
+        root = (a.unsqueeze(-1) * covs.clamp_min(0).sqrt()).sum(0)
+        anchors.factors[seen] = (root**2 - anchors.eps).clamp_min(0).sqrt()[seen].to(anchors.factors.dtype)
+        return
     lam, u = torch.linalg.eigh(anchors.covariances())
     root = (u * lam.clamp_min(1e-12).sqrt().unsqueeze(-2)) @ u.mT
     inv_root = (u * lam.clamp_min(1e-12).rsqrt().unsqueeze(-2)) @ u.mT
@@ -71,7 +80,6 @@ def barycenter_step(
     factor, info = torch.linalg.cholesky_ex(target)
     if bool((info != 0).any()):  # below eps somewhere: take the PSD part
         factor = sqrtm_psd(target)
-    anchors.means[seen] = new_means[seen].to(anchors.means.dtype)
     anchors.factors[seen] = factor[seen].to(anchors.factors.dtype)
 
 

@@ -27,12 +27,18 @@ def chunks(encoder: nn.Module, x: torch.Tensor, device: torch.device | None = No
 
 @torch.no_grad()
 def group_class_gaussians(
-    encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cov_eps: float = 1e-3
+    encoder: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    cov_eps: float = 1e-3,
+    structure: str = "full",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(counts (C,), means (C, d), covs (C, d, d)) of one group's latent codes."""
+    """(counts (C,), means (C, d), covs (C, d, d)) of one group's latent codes; covariances
+    in ``structure`` (variances (C, d) for diag, (C, 0) for none)."""
     sums = None
     for sl, z in chunks(encoder, x):
-        part = class_sufficient_stats(z, y[sl].cpu(), num_classes)
+        part = class_sufficient_stats(z, y[sl].cpu(), num_classes, structure)
         sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
     means, covs = stats_to_moments(*sums, cov_eps)
     return sums[0], means, covs
@@ -67,7 +73,9 @@ def anchor_w2(encoders: dict[str, nn.Module], anchors, data: ScenarioData, split
     for g in data.groups:
         s = getattr(g, split)
         device = next(encoders[g.space].parameters()).device
-        n, m, c = group_class_gaussians(encoders[g.space], s.x.to(device), s.y, data.num_classes)
+        n, m, c = group_class_gaussians(
+            encoders[g.space], s.x.to(device), s.y, data.num_classes, structure=anchors.structure
+        )
         with torch.no_grad():
             out[f"w2_anchor:{g.name}"] = float(anchor_w2_by_group(am, ac, n[None], m[None], c[None])[0])
     return out

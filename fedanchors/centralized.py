@@ -49,7 +49,9 @@ class CentralModel(nn.Module):
         )
         self.head = build_head(cfg.model, data.num_classes, cfg.seed)
         a = cfg.anchors
-        self.anchors = build_anchors(cfg.model.latent_dim, data.num_classes, a.eps, a.init_scale, cfg.seed)
+        self.anchors = build_anchors(
+            cfg.model.latent_dim, data.num_classes, a.eps, a.init_scale, cfg.seed, a.covariance
+        )
 
 
 class CentralizedTrainer:
@@ -105,7 +107,7 @@ class CentralizedTrainer:
         moments), weighted by the method's group weights; returns the fit objective after it."""
         C, eps = self.data.num_classes, self.cfg.anchors.cov_eps
         stats = [
-            group_class_gaussians(self.model.encoders[g.space], x, g.train.y, C, eps)
+            group_class_gaussians(self.model.encoders[g.space], x, g.train.y, C, eps, self.model.anchors.structure)
             for g, x in zip(self.data.groups, self.train_x)
         ]
         counts, means, covs = (torch.stack([s[i] for s in stats]) for i in range(3))

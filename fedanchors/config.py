@@ -84,6 +84,10 @@ class AnchorConfig:
     # lr of the head in the server's separation steps (sep: classifier); 0 -> optim.lr, the
     # clients' lr, which is far too large when clients take plain SGD steps at lr ~1
     server_head_lr: float = 0.0
+    # covariance structure of the anchors and of the class moments clients send: full
+    # (Bures-Wasserstein), diag (closed-form W2 and barycenter, d numbers per class instead of
+    # d^2) or none (means only; the fit is the squared distance between means)
+    covariance: str = "full"
     # how the anchors follow the codes: "gradient" (a gradient step of lambda_fit * fit on the
     # anchors) or "barycenter" (a W2-barycenter step toward the groups' class moments: each
     # epoch centrally, each round on the server); "" is the mode's default: gradient
@@ -240,6 +244,7 @@ _CHOICES = {
     "federated.class_stats": ("running", "exact"),
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),
+    "anchors.covariance": ("full", "diag", "none"),
     "federated.sampling": ("stratified", "uniform"),
     "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),

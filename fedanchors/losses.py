@@ -8,7 +8,7 @@ from torch import nn
 
 from fedanchors.anchors import AnchorModule
 from fedanchors.registry import Registry
-from fedanchors.wasserstein import gaussian_w2
+from fedanchors.wasserstein import structured_w2
 
 SEPARATIONS: Registry = Registry("separation loss")
 
@@ -18,9 +18,10 @@ def anchor_w2_by_group(
 ) -> torch.Tensor:
     """Per group, mean over its present classes of W2^2(anchor_c, N(mu_gc, Sigma_gc)) -> (G,).
 
-    anchors (C, d), (C, d, d); groups' counts (G, C), means (G, C, d), covs (G, C, d, d).
+    anchors (C, d), (C, d, d); groups' counts (G, C), means (G, C, d), covs (G, C, d, d);
+    diagonal (variances) or means-only covariances take the structure's W2 (``structured_w2``).
     """
-    w2 = gaussian_w2(anchor_means, anchor_covs, means.to(anchor_means.dtype), covs.to(anchor_means.dtype))
+    w2 = structured_w2(anchor_means, anchor_covs, means.to(anchor_means.dtype), covs.to(anchor_means.dtype))
     present = (counts > 0).to(w2.dtype)
     return (w2 * present).sum(1) / present.sum(1).clamp_min(1)
 
@@ -49,5 +50,5 @@ def w2_margin_separation(
     """Mean over anchor pairs i < j of max(0, margin - W2(anchor_i, anchor_j))."""
     i, j = torch.triu_indices(anchors.num_classes, anchors.num_classes, offset=1, device=anchors.means.device)
     s = anchors.covariances()
-    w2 = gaussian_w2(anchors.means[i], s[i], anchors.means[j], s[j])
+    w2 = structured_w2(anchors.means[i], s[i], anchors.means[j], s[j])
     return F.relu(margin - (w2 + 1e-12).sqrt()).mean()

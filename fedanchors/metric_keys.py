@@ -26,7 +26,10 @@ DEFINITIONS: dict[str, str] = {
     "acc_<set>": "accuracy over the classes of a named class set (e.g. head/tail)",
     "loss_group:<g>": "mean validation cross-entropy of group g",
     "q:<g>": "GroupDRO's weight of group g after the step (fixed weights for the other methods)",
-    "w2_anchor:<g>": "centralized: mean over classes of W2^2(anchor_c, group g's validation class Gaussian)",
+    "w2_anchor:<g>": (
+        "centralized: mean over classes of W2^2(anchor_c, group g's validation class Gaussian), "
+        "under anchors.covariance (diag: the diagonal Gaussians; none: the squared mean distance)"
+    ),
     "w2_anchor_train:<g>": "federated: the same on the class moments of the clients' training codes",
     "client_acc_worst / client_acc_p10 / client_acc_std": "accuracy of each client on its own validation slice: "
     "the worst, 10th percentile and standard deviation over all clients (null unless every client was "

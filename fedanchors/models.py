@@ -101,9 +101,13 @@ def build_head(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
     return _seeded(stable_seed(seed, "head"), lambda: builder(cfg.latent_dim, num_classes, cfg.head_hidden))
 
 
-def build_anchors(latent_dim: int, num_classes: int, eps: float, init_scale: float, seed: int) -> AnchorModule:
-    """The shared class anchors."""
-    return _seeded(stable_seed(seed, "anchors"), lambda: AnchorModule(num_classes, latent_dim, eps, init_scale))
+def build_anchors(
+    latent_dim: int, num_classes: int, eps: float, init_scale: float, seed: int, structure: str = "full"
+) -> AnchorModule:
+    """The shared class anchors (``structure``: anchors.covariance)."""
+    return _seeded(
+        stable_seed(seed, "anchors"), lambda: AnchorModule(num_classes, latent_dim, eps, init_scale, structure)
+    )
 
 
 from fedanchors import encoders_text  # noqa: E402, F401  (registers the text encoders)

@@ -15,7 +15,7 @@ from fedanchors.data.base import Split
 from fedanchors.errors import ConfigError
 from fedanchors.losses import SEPARATIONS
 from fedanchors.moments import batch_class_moments, class_sufficient_stats
-from fedanchors.wasserstein import gaussian_w2
+from fedanchors.wasserstein import structured_w2
 
 
 def group_fit_losses(
@@ -23,18 +23,18 @@ def group_fit_losses(
 ) -> torch.Tensor:
     """W2 fit of each group's batch class moments to the anchors -> (G,).
 
-    All groups' classes go through one batched ``gaussian_w2`` call; a group's value is
+    All groups' classes go through one batched ``structured_w2`` call (the anchors' structure); a group's value is
     the mean over the classes present in its batch. ``detach``: the anchors take no
     gradient from it (``anchors.update: barycenter`` moves them by another rule).
     """
-    parts = [batch_class_moments(z, y, anchors.num_classes, cov_eps) for z, y in zip(zs, ys)]
+    parts = [batch_class_moments(z, y, anchors.num_classes, cov_eps, anchors.structure) for z, y in zip(zs, ys)]
     classes = torch.cat([p[0] for p in parts])
     means = torch.cat([p[1] for p in parts])
     covs = torch.cat([p[2] for p in parts])
     am, ac = anchors.means, anchors.covariances()
     if detach:
         am, ac = am.detach(), ac.detach()
-    w2 = gaussian_w2(am[classes], ac[classes], means, covs)
+    w2 = structured_w2(am[classes], ac[classes], means, covs)
     sizes = [int(p[0].numel()) for p in parts]
     return torch.stack([chunk.mean() for chunk in torch.split(w2, sizes)])
 
@@ -179,6 +179,6 @@ def local_train(
         if first is None:  # the loss at the model the round started from (the global one)
             first = float(ce.detach())
         if num_classes:
-            part = class_sufficient_stats(z.detach().cpu(), y.cpu(), num_classes)
+            part = class_sufficient_stats(z.detach().cpu(), y.cpu(), num_classes, anchors.structure)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
     return {"loss": ce_sum / steps, "loss_first": first, "fit": fit_sum / steps, "stats": stats}

@@ -83,3 +83,30 @@ def gaussian_w2(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.
     tr = torch.diagonal(s1, dim1=-2, dim2=-1).sum(-1) + torch.diagonal(s2, dim1=-2, dim2=-1).sum(-1)
     w2 = ((m1 - m2) ** 2).sum(-1) + tr - 2.0 * cross
     return w2.clamp_min(0.0)
+
+
+def diag_w2(m1: torch.Tensor, v1: torch.Tensor, m2: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+    """W2^2 between diagonal Gaussians, closed form: |m1-m2|^2 + |sqrt v1 - sqrt v2|^2.
+
+    Variances (..., d). Diagonal covariances commute, so the cross term of the general
+    formula is sum sqrt(v1 v2): O(d) and no eigendecomposition.
+    """
+    return ((m1 - m2) ** 2).sum(-1) + ((v1.clamp_min(0).sqrt() - v2.clamp_min(0).sqrt()) ** 2).sum(-1)
+
+
+def structure_of(mean: torch.Tensor, cov: torch.Tensor) -> str:
+    """``full`` (cov (..., d, d)), ``diag`` (variances (..., d)) or ``none`` (cov (..., 0))."""
+    if cov.shape[-1] == 0:
+        return "none"
+    return "full" if cov.dim() == mean.dim() + 1 else "diag"
+
+
+def structured_w2(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """W2^2 under the covariance structure the shapes carry (see ``structure_of``): the full
+    Bures-Wasserstein distance, its diagonal closed form, or the squared mean distance."""
+    kind = structure_of(m1, s1)
+    if kind == "full":
+        return gaussian_w2(m1, s1, m2, s2)
+    if kind == "diag":
+        return diag_w2(m1, s1, m2, s2)
+    return ((m1 - m2) ** 2).sum(-1)

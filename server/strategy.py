@@ -53,7 +53,7 @@ class FedAnchors:
         self.class_sets = class_sets or {}
         m, a = cfg.model, cfg.anchors
         self.head = build_head(m, num_classes, cfg.seed)
-        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed)
+        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed, a.covariance)
         self.sep_gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "server-separation"))
         f = cfg.federated
         self.server_opt = build_server_optimizer(
