@@ -19,7 +19,7 @@ HEAD, ANCHORS, ENCODER = "head.", "anchors.", "encoder."
 def pack(**modules: dict[str, torch.Tensor]) -> ArrayRecord:
     """ArrayRecord of prefixed state dicts, e.g. pack(head=..., anchors=...)."""
     flat = {f"{name}.{k}": v.detach().cpu() for name, sd in modules.items() for k, v in sd.items()}
-    return ArrayRecord(torch_state_dict=flat)
+    return ArrayRecord(torch_state_dict=flat) if flat else ArrayRecord()
 
 
 def unpack(record: ArrayRecord, prefix: str) -> dict[str, torch.Tensor]:

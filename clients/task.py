@@ -14,14 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from clients.protocol import ANCHORS, ENCODER, HEAD, pack, pack_arrays, unpack
 from fedanchors.analysis import group_class_gaussians
-from fedanchors.config import Config, to_dict
+from fedanchors.config import Config, anchors_used, to_dict
 from fedanchors.data import GroupData, ScenarioData, build_scenario
 from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import stats_to_moments
 from fedanchors.population import Client, build_population, client_data
 from fedanchors.rundir import resolve_device, seed_everything
-from fedanchors.train import local_train, make_optimizer, steps_per_epoch
+from fedanchors.train import adapt_encoder, local_train, make_optimizer, steps_per_epoch
 
 _DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
 _SLICES: dict[int, GroupData] = {}  # the clients' slices of that scenario, cut once per actor
@@ -115,23 +115,32 @@ class ClientModel:
             try:
                 state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
                 self.encoder.load_state_dict(state["encoder"])
+                if "head" in state:  # federated.head_sharing: local
+                    self.head.load_state_dict(state["head"])
                 if not cfg.federated.reset_client_opt:  # else momentum / Adam state starts fresh each round
                     self.opt.load_state_dict(state["opt"])
             except Exception as e:  # noqa: BLE001 - named in one line by the server
                 raise ValueError(f"client state of {source} cannot be loaded ({type(e).__name__}: {e})") from None
 
     def load_global(self, rec: ArrayRecord) -> None:
-        """Take the server's head, anchors and (when shared) encoder."""
-        self.head.load_state_dict(unpack(rec, HEAD))
-        self.anchors.load_state_dict(unpack(rec, ANCHORS))
+        """Take the server's head (unless heads are local), anchors (when used) and (when
+        shared) encoder."""
+        head, anchors = unpack(rec, HEAD), unpack(rec, ANCHORS)
+        if head:
+            self.head.load_state_dict(head)
+        if anchors:
+            self.anchors.load_state_dict(anchors)
         enc = unpack(rec, ENCODER)
         if enc:
             self.encoder.load_state_dict(enc)
 
     def blob(self) -> bytes:
-        """Encoder and optimizer state, to keep on this node (never sent)."""
+        """Encoder, optimizer state and a local head, to keep on this node (never sent)."""
         buf = io.BytesIO()
-        torch.save({"encoder": self.encoder.state_dict(), "opt": self.opt.state_dict()}, buf)
+        state = {"encoder": self.encoder.state_dict(), "opt": self.opt.state_dict()}
+        if self.cfg.federated.head_sharing == "local":
+            state["head"] = self.head.state_dict()
+        torch.save(state, buf)
         return buf.getvalue()
 
     @torch.no_grad()
@@ -218,7 +227,7 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         float(conf["encoder_scale"]),
         gen,
         model.device,
-        num_classes=data.num_classes if (not stock and f.class_stats == "running") else 0,
+        num_classes=data.num_classes if (not stock and f.class_stats == "running" and anchors_used(cfg)) else 0,
         batch_size=cfg.optim.group_batch.get(group.name, 0),
         prox_mu=f.prox_mu,
         prox_ref=prox,
@@ -232,12 +241,15 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     shared = bool(conf["encoder_shared"])
-    arrays = pack(head=model.head.state_dict(), **({"encoder": model.encoder.state_dict()} if shared else {}))
+    parts = {"encoder": model.encoder.state_dict()} if shared else {}
+    if f.head_sharing == "global":
+        parts["head"] = model.head.state_dict()
+    arrays = pack(**parts)
     loss = res["loss_first"] if f.group_loss == "first" else res["loss"]  # the group loss GroupDRO reads
     metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": loss, "fit": res["fit"]})
-    content = RecordDict(
-        {"global": arrays, "stats": pack_arrays(**model.class_stats(res["stats"])), "metrics": metrics}
-    )
+    content = RecordDict({"global": arrays, "metrics": metrics})
+    if anchors_used(cfg):  # the class moments the anchors are fitted to
+        content["stats"] = pack_arrays(**model.class_stats(res["stats"]))
     return Message(content, reply_to=msg)
 
 
@@ -251,6 +263,16 @@ def evaluate(msg: Message, context: Context, cfg: Config, state_dir: str = "") -
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
     out: dict = {"partition": pid}
+    epochs = int(msg.content["config"].get("adapt_epochs", 0) or 0) if not stock else 0
+    if epochs:  # a new client (federated.holdout): its own encoder, adapted to the frozen model
+        group = model.group
+        steps = epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
+        gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "adapt", pid))
+        res = adapt_encoder(
+            model.encoder, model.head, model.anchors, group.train, cfg.optim, cfg.anchors, steps, gen,
+            model.device, train_head=cfg.federated.head_sharing == "local",
+        )  # fmt: skip
+        out["adapt_loss"] = res["loss"]
     splits = ("val", "test") if stock else str(msg.content["config"]["splits"]).split(",")
     if not set(splits) <= {"train", "val", "test"}:
         raise ValueError(f"evaluate: unknown split in {splits}")

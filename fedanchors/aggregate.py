@@ -48,7 +48,12 @@ def _class_weights(counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def barycenter_step(
-    anchors: AnchorModule, counts: torch.Tensor, means: torch.Tensor, covs: torch.Tensor, weights: torch.Tensor
+    anchors: AnchorModule,
+    counts: torch.Tensor,
+    means: torch.Tensor,
+    covs: torch.Tensor,
+    weights: torch.Tensor,
+    by_counts: bool = False,
 ) -> None:
     """One Wasserstein-barycenter step of every anchor toward the clients' class Gaussians, in place.
 
@@ -57,9 +62,10 @@ def barycenter_step(
     (Alvarez-Esteban et al. 2016, Thm 4.2), warm-started from the current anchors, so the
     anchors converge to the barycenter over rounds. Classes no client holds stay put.
     Diagonal anchors: the barycenter in closed form, sqrt(v) = sum_g a_g sqrt(v_g) (diagonal
-    Gaussians commute); means-only anchors: the means step alone.
+    Gaussians commute); means-only anchors: the means step alone. ``by_counts``: each class
+    weighted by how many examples of it each group holds (FedProto's prototype average).
     """
-    wc = _class_weights(counts, weights.to(means.dtype))  # (G, C)
+    wc = counts.to(means.dtype) if by_counts else _class_weights(counts, weights.to(means.dtype))  # (G, C)
     seen = wc.sum(0) > 0
     a = wc / wc.sum(0).clamp_min(1e-12)
     new_means = (a.unsqueeze(-1) * means).sum(0)
@@ -109,7 +115,7 @@ def fit_anchors(
     with torch.no_grad():
         before = float(anchor_fit_objective(anchors, counts, means, covs, w))
     if cfg.lambda_fit > 0 and update == "barycenter":
-        barycenter_step(anchors, counts, means, covs, w)
+        barycenter_step(anchors, counts, means, covs, w, by_counts=cfg.fit == "prototype")
     fit_grad = cfg.lambda_fit if update == "gradient" else 0.0
     sep = torch.zeros(())
     if (cfg.lambda_sep > 0 or fit_grad > 0) and cfg.server_steps > 0:

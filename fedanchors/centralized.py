@@ -115,7 +115,10 @@ class CentralizedTrainer:
         w = self.method.weights(sizes, None, t - 1).float()
         w = w / w.sum()
         anchors = self.model.anchors
-        barycenter_step(anchors, counts, means.to(anchors.means.dtype), covs.to(anchors.means.dtype), w)
+        barycenter_step(
+            anchors, counts, means.to(anchors.means.dtype), covs.to(anchors.means.dtype), w,
+            by_counts=self.cfg.anchors.fit == "prototype",
+        )  # fmt: skip
         with torch.no_grad():
             return float(anchor_fit_objective(anchors, counts, means, covs, w))
 
@@ -190,7 +193,8 @@ class CentralizedTrainer:
         out = {"loss": float(loss.detach())}
         if cfg.anchors.lambda_fit > 0:
             try:
-                fit = (w * group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps, self.barycenter)).sum()
+                fit = group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps, self.barycenter, cfg.anchors.fit)
+                fit = (w * fit).sum()
             except torch.linalg.LinAlgError:  # only on overflowing codes
                 self.check({"the W2 fit (an eigendecomposition failed)": float("nan")}, f"epoch {epoch + 1}")
             loss = loss + cfg.anchors.lambda_fit * fit

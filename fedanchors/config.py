@@ -88,6 +88,10 @@ class AnchorConfig:
     # (Bures-Wasserstein), diag (closed-form W2 and barycenter, d numbers per class instead of
     # d^2) or none (means only; the fit is the squared distance between means)
     covariance: str = "full"
+    # the fit term of the clients' loss: w2 (W2^2 between the batch's class moments and the
+    # anchors) or prototype (FedProto's: the mean over examples of |z_i - m_{y_i}|^2, the
+    # anchors' means being the count-weighted average of the clients' class means)
+    fit: str = "w2"
     # how the anchors follow the codes: "gradient" (a gradient step of lambda_fit * fit on the
     # anchors) or "barycenter" (a W2-barycenter step toward the groups' class moments: each
     # epoch centrally, each round on the server); "" is the mode's default: gradient
@@ -138,6 +142,10 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     max_per_group: int = 0  # 0: all
+    # true: every group brought to the largest channel count and pixel size among them
+    # (zero-padded channels, bilinear resize) in one input space, ``common``: one encoder for
+    # every client (FedAvg over heterogeneous inputs)
+    common_input: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -188,6 +196,14 @@ class FederatedConfig:
     # space: an input space's encoder is averaged over the clients of that space (never across
     # spaces); client: every client keeps its own encoder, which never leaves it (LG-FedAvg)
     encoder_sharing: str = "space"
+    # global: one head averaged by the server; local: each client keeps and trains its own
+    # head, which never leaves it (FedProto), and predicts with it
+    head_sharing: str = "global"
+    # new clients at test time: this share of each group's clients (at most all but one) never
+    # trains; after training each adapts only its own encoder for ``holdout_epochs`` local
+    # epochs against the frozen head and anchors (CE + the fit), then is evaluated (test_new_*)
+    holdout: float = 0.0
+    holdout_epochs: int = 2
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,13 @@ class DFRConfig:
     samples_per_group: int = 1000  # codes drawn per group from the class Gaussians (federated)
 
 
+def anchors_used(cfg) -> bool:
+    """Whether the run uses the anchors at all (a fit, a separation, or DFR's draws from the
+    class moments); when not, clients send no class moments and the server no anchors."""
+    a = cfg.anchors
+    return a.lambda_fit > 0 or a.lambda_sep > 0 or cfg.dfr.enabled
+
+
 def anchor_update(cfg) -> str:
     """``anchors.update`` resolved for the run's mode."""
     return cfg.anchors.update or ("barycenter" if cfg.mode == "federated" else "gradient")
@@ -220,6 +243,9 @@ class Config:
     """The whole run."""
 
     name: str = ""
+    # a named federated baseline (fedanchors.baselines: fedavg, lg_fedavg, fedproto,
+    # flic_like, fedanchors): its settings replace the config's
+    baseline: str = ""
     mode: str = "centralized"
     seed: int = 0
     device: str = "auto"
@@ -245,6 +271,8 @@ _CHOICES = {
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),
     "anchors.covariance": ("full", "diag", "none"),
+    "anchors.fit": ("w2", "prototype"),
+    "federated.head_sharing": ("global", "local"),
     "federated.sampling": ("stratified", "uniform"),
     "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
@@ -388,7 +416,11 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def from_dict(raw: dict) -> Config:
-    """Build and validate a Config from a plain nested mapping."""
+    """Build and validate a Config from a plain nested mapping (a ``baseline``'s settings merged in)."""
+    if raw.get("baseline"):
+        from fedanchors.baselines import apply_baseline
+
+        raw = apply_baseline(raw)
     cfg = _build(Config, raw)
     from fedanchors.config_checks import validate  # cross-field checks, in their own module
 

@@ -72,6 +72,23 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be in (0, 1), got {v}")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+    if cfg.mode == "federated" and cfg.federated.head_sharing == "local":
+        if cfg.dfr.enabled:
+            raise ConfigError("dfr replaces the one global head; with federated.head_sharing: local there is none")
+        if cfg.federated.server_opt != "sgd" and cfg.federated.encoder_sharing == "client":
+            raise ConfigError(
+                "federated.server_opt acts on the averaged head and shared encoders; with local heads and "
+                "private encoders nothing is averaged, so leave it at sgd"
+            )
+    if not 0 <= cfg.federated.holdout < 1 or cfg.federated.holdout_epochs < 1:
+        raise ConfigError(
+            f"federated.holdout must be in [0, 1) and holdout_epochs >= 1, got {cfg.federated.holdout}, "
+            f"{cfg.federated.holdout_epochs}"
+        )
+    if cfg.anchors.fit == "prototype" and cfg.anchors.covariance != "none":
+        raise ConfigError(
+            "anchors.fit: prototype fits class means only; set anchors.covariance: none (the prototypes are means)"
+        )
     if cfg.dfr.enabled:
         if not cfg.dfr.Cs or min(cfg.dfr.Cs) <= 0 or cfg.dfr.subsets < 1 or cfg.dfr.samples_per_group < 2:
             raise ConfigError("dfr: Cs must be non-empty and > 0, subsets >= 1, samples_per_group >= 2")

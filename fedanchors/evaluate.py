@@ -24,7 +24,7 @@ from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.metrics import client_accuracies, client_summary, group_metrics, split_counts, summarize
 from fedanchors.models import build_encoder, build_head
-from fedanchors.population import build_population, client_data, has_population
+from fedanchors.population import build_population, client_data, has_population, held_out
 from fedanchors.resume import CLIENT_KEYS, CheckpointError, client_state_path, load
 from fedanchors.rundir import RunDir, _jsonable, resolve_device
 
@@ -70,19 +70,31 @@ def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torc
         space: _module(encoder(next(g for g in data.groups if g.space == space)), sd, f"shared encoder {space}", path)
         for space, sd in state["encoders"].items()
     }
-    encoders = []  # one per client, in partition order
+    local_heads = cfg.federated.head_sharing == "local"
+    held = held_out([c.group for c in population], cfg.federated.holdout, cfg.seed)
+    encoders, heads = [], []  # one per client, in partition order (None: a held-out new client)
     for pid, c in enumerate(population):
         g = data.groups[c.group]
-        if g.space in shared:  # held by several clients: the server's averaged copy
+        if pid in held:
+            encoders.append(None)
+            heads.append(None)
+            continue
+        if g.space in shared and not local_heads:  # held by several clients: the server's averaged copy
             encoders.append(shared[g.space])
             continue
         rnd = int(state["client_rounds"][pid])
         if rnd <= 0:
-            raise CheckpointError(f"{path}: client {pid} ({g.name}) never trained, so it has no encoder to restore")
+            raise CheckpointError(f"{path}: client {pid} ({g.name}) never trained, so it has no model to restore")
         cpath = client_state_path(run, pid, rnd)
-        cstate = load(cpath, device, CLIENT_KEYS, f"client {pid}'s state file")
-        encoders.append(_module(encoder(g), cstate["encoder"], f"encoder of client {pid}", cpath))
-    return encoders, _module(head, state["head"], "head", path)
+        keys = (*CLIENT_KEYS, "head") if local_heads else CLIENT_KEYS
+        cstate = load(cpath, device, keys, f"client {pid}'s state file")
+        if g.space in shared:
+            encoders.append(shared[g.space])
+        else:
+            encoders.append(_module(encoder(g), cstate["encoder"], f"encoder of client {pid}", cpath))
+        if local_heads:  # federated.head_sharing: local: each client predicts with its own head
+            heads.append(_module(head, cstate["head"], f"head of client {pid}", cpath))
+    return encoders, heads if local_heads else _module(head, state["head"], "head", path)
 
 
 def federated_metrics(encoders, head, data: ScenarioData, population, split: str, device) -> dict[str, float]:
@@ -94,9 +106,13 @@ def federated_metrics(encoders, head, data: ScenarioData, population, split: str
     total = torch.zeros(G, C, dtype=torch.int64)
     loss = torch.zeros(G, dtype=torch.float64)
     accs = []
-    for enc, c in zip(encoders, population):
+    heads = head if isinstance(head, list) else [head] * len(population)  # local heads: one per client
+    for enc, hd, c in zip(encoders, heads, population):
+        if enc is None:  # a held-out new client: not part of the training clients' metrics
+            accs.append(float("nan"))
+            continue
         part = getattr(client_data(data.groups[c.group], c), split)
-        cc, ct, cl = split_counts(enc, head, part, C, 512, device)
+        cc, ct, cl = split_counts(enc, hd, part, C, 512, device)
         correct[c.group] += cc
         total[c.group] += ct
         loss[c.group] += cl
@@ -119,8 +135,9 @@ def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "bes
     data = build_scenario(cfg.data)
     device = resolve_device(cfg.device)
     encoders, head = restore(run.path, cfg, data, which, device)
-    for mod in [*encoders, head]:
-        mod.to(device)
+    for mod in [*encoders, *(head if isinstance(head, list) else [head])]:
+        if mod is not None:
+            mod.to(device)
     if cfg.mode == "federated":
         population = build_population(data, cfg.federated, cfg.seed)
         metrics = federated_metrics(encoders, head, data, population, split, device)

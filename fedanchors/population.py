@@ -215,6 +215,20 @@ def sample_clients(groups: list[int], n: int, mode: str, seed: int, rnd: int) ->
     return sorted(chosen + [rest[i] for i in extra])
 
 
+def held_out(groups: list[int], fraction: float, seed: int) -> set[int]:
+    """Partitions held out of training (``federated.holdout``): per group of k clients,
+    round(fraction * k) of them, at most k - 1, seeded. They join after training as new clients."""
+    if fraction <= 0:
+        return set()
+    out: set[int] = set()
+    g = torch.Generator().manual_seed(stable_seed(seed, "holdout"))
+    for gi in sorted(set(groups)):
+        members = [p for p, x in enumerate(groups) if x == gi]
+        n = min(len(members) - 1, round(fraction * len(members)))
+        out |= {members[i] for i in torch.randperm(len(members), generator=g)[:n].tolist()}
+    return out
+
+
 def drop_out(pids: list[int], p: float, seed: int, rnd: int) -> list[int]:
     """The sampled clients that answer: each drops out with probability ``p`` (seeded)."""
     if p <= 0:

@@ -19,14 +19,24 @@ from fedanchors.wasserstein import structured_w2
 
 
 def group_fit_losses(
-    zs: list[torch.Tensor], ys: list[torch.Tensor], anchors: AnchorModule, cov_eps: float, detach: bool = False
+    zs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    anchors: AnchorModule,
+    cov_eps: float,
+    detach: bool = False,
+    kind: str = "w2",
 ) -> torch.Tensor:
     """W2 fit of each group's batch class moments to the anchors -> (G,).
 
-    All groups' classes go through one batched ``structured_w2`` call (the anchors' structure); a group's value is
-    the mean over the classes present in its batch. ``detach``: the anchors take no
-    gradient from it (``anchors.update: barycenter`` moves them by another rule).
+    All groups' classes go through one batched ``structured_w2`` call (the anchors'
+    structure); a group's value is the mean over the classes present in its batch.
+    ``detach``: the anchors take no gradient from it (``anchors.update: barycenter`` moves
+    them by another rule). ``kind="prototype"``: FedProto's term instead, the mean over the
+    batch of |z_i - m_{y_i}|^2.
     """
+    if kind == "prototype":
+        means = anchors.means.detach() if detach else anchors.means
+        return torch.stack([((z - means[y]) ** 2).sum(-1).mean() for z, y in zip(zs, ys)])
     parts = [batch_class_moments(z, y, anchors.num_classes, cov_eps, anchors.structure) for z, y in zip(zs, ys)]
     classes = torch.cat([p[0] for p in parts])
     means = torch.cat([p[1] for p in parts])
@@ -161,7 +171,7 @@ def local_train(
         loss = ce
         if cfg_anchors.lambda_fit > 0:
             try:
-                fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps)[0]
+                fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps, kind=cfg_anchors.fit)[0]
             except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
                 return {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
             loss = loss + cfg_anchors.lambda_fit * fit
@@ -182,3 +192,30 @@ def local_train(
             part = class_sufficient_stats(z.detach().cpu(), y.cpu(), num_classes, anchors.structure)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
     return {"loss": ce_sum / steps, "loss_first": first, "fit": fit_sum / steps, "stats": stats}
+
+
+def adapt_encoder(
+    encoder: nn.Module,
+    head: nn.Module,
+    anchors: AnchorModule,
+    split: Split,
+    cfg_optim: OptimConfig,
+    cfg_anchors: AnchorConfig,
+    steps: int,
+    generator: torch.Generator,
+    device: torch.device,
+    train_head: bool = False,
+) -> dict:
+    """A new client's adaptation: ``steps`` local steps of CE + lambda_fit * fit that move only
+    its encoder (and its head when heads are local: it has no global one to hold to); the
+    head and the anchors are frozen. Returns ``local_train``'s record."""
+    frozen = [p for p in [*anchors.parameters(), *([] if train_head else head.parameters())] if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        params = list(encoder.parameters()) + (list(head.parameters()) if train_head else [])
+        opt = make_optimizer(params, cfg_optim)
+        return local_train(encoder, head, anchors, split, opt, cfg_optim, cfg_anchors, steps, 1.0, generator, device)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)

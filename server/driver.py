@@ -112,6 +112,9 @@ class FederatedTrainer:
     def final(self) -> dict:
         s = self.server
         out = run_dfr(s, self.grid) if self.cfg.dfr.enabled else {}
+        if s.held:  # new clients: adapt to the selected model, then evaluate
+            replies = self.grid.send_and_receive(s.configure_adapt(self.total + 2), timeout=self.timeout)
+            out |= s.aggregate_adapt(self.total + 2, replies)
         device = "cpu" if self.cfg.federated.num_gpus == 0 else "cuda"
         return out | {"bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received, "device": device}
 

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
-from fedanchors.config import Config, anchor_update
+from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.losses import anchor_w2_by_group
@@ -28,7 +28,7 @@ from fedanchors.methods import build_method
 from fedanchors.metrics import client_summary, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import pool_moments
-from fedanchors.population import drop_out, sample_clients, split_weights
+from fedanchors.population import drop_out, held_out, sample_clients, split_weights
 from fedanchors.resume import global_rng_state, set_global_rng_state
 from fedanchors.server_opt import build_server_optimizer
 
@@ -63,6 +63,7 @@ class FedAnchors:
         self.pid_of: dict[int, int] = {}  # node id -> partition
         self.info: list[dict] = []  # per partition (client): group, gi (group index), space, shape, n
         self.cgroup: list[int] = []  # per partition: its group's index
+        self.held: set[int] = set()  # partitions held out of training (new clients at test time)
         self.names: list[str] = []  # the groups, in index order
         self.sampled: list[int] = []  # this round's clients (sampled, minus dropouts)
         self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
@@ -127,6 +128,7 @@ class FedAnchors:
             }
         self.info = [info[p] for p in sorted(info)]
         self.cgroup = [i["gi"] for i in self.info]
+        self.held = held_out(self.cgroup, self.cfg.federated.holdout, self.cfg.seed)
         self.names = [next(i["group"] for i in self.info if i["gi"] == g) for g in sorted(set(self.cgroup))]
         self.client_rounds = [0] * len(self.info)
         self.best_rounds = [0] * len(self.info)
@@ -141,16 +143,24 @@ class FedAnchors:
                 )
 
     def members(self, g: int, among=None) -> list[int]:
-        """Partitions of group ``g`` (among ``among`` when given)."""
-        return [p for p, x in enumerate(self.cgroup) if x == g and (among is None or p in among)]
+        """Training partitions of group ``g`` (among ``among`` when given); held-out ones never count."""
+        return [p for p, x in enumerate(self.cgroup) if x == g and (among is None or p in among) and p not in self.held]
+
+    def training(self) -> list[int]:
+        """The partitions that train (all but the held-out new clients)."""
+        return [p for p in range(len(self.cgroup)) if p not in self.held]
 
     def client_weights(self, group_w: torch.Tensor, pids: list[int]) -> dict[int, float]:
         return split_weights(group_w, self.cgroup, [i["n"] for i in self.info], sorted(pids))
 
     def _payload(self, pid: int) -> ArrayRecord:
         space = self.info[pid]["space"]
-        extra = {"encoder": self.encoders[space].state_dict()} if space in self.encoders else {}
-        return pack(head=self.head.state_dict(), anchors=self.anchors.state_dict(), **extra)
+        parts = {"encoder": self.encoders[space].state_dict()} if space in self.encoders else {}
+        if self.cfg.federated.head_sharing == "global":
+            parts["head"] = self.head.state_dict()
+        if anchors_used(self.cfg):
+            parts["anchors"] = self.anchors.state_dict()
+        return pack(**parts)
 
     def _messages(self, kind: str, rnd: int, config: dict, pids: list[int] | None = None) -> list[Message]:
         out = []
@@ -217,7 +227,9 @@ class FedAnchors:
         if losses is not None and bool(torch.isnan(losses).any()):
             losses = None
         self.group_weights = self.method.weights(counts, losses, rnd - 1)
-        sampled = sample_clients(self.cgroup, f.clients_per_round, f.sampling, self.cfg.seed, rnd)
+        pool = self.training()
+        picked = sample_clients([self.cgroup[p] for p in pool], f.clients_per_round, f.sampling, self.cfg.seed, rnd)
+        sampled = [pool[i] for i in picked]
         self.sampled = drop_out(sampled, f.dropout, self.cfg.seed, rnd)
         self.sampled_groups = {self.cgroup[p] for p in sampled}
         w = self.client_weights(self.group_weights, self.sampled)
@@ -268,14 +280,16 @@ class FedAnchors:
             self.client_rounds[p] = rnd
         self._update_shared(ok, w)
         check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
-        stacked = self._group_stats(ok, answered)
-        self.last_stats = stacked
-        check({f"the class statistics ({k})": v for k, v in stacked.items()})
+        stacked = self._group_stats(ok, answered) if anchors_used(self.cfg) else None
+        if stacked is not None:
+            self.last_stats = stacked
+            check({f"the class statistics ({k})": v for k, v in stacked.items()})
         wt = gw / gw.sum()
         # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
         rec = {"loss": float((wt * losses[answered]).sum()), "fit": float((wt * fits[answered]).sum())}
         gl = [float(self.group_weights[g]) for g in answered]
-        rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
+        if stacked is not None:
+            rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
         self.method.step(losses, rnd - 1)
         check(
             {
@@ -300,18 +314,22 @@ class FedAnchors:
     def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> None:
         """Head and shared encoders: the weighted average of the clients' models, then the
         server optimizer's step (``sgd`` at lr 1: the average itself)."""
-        current = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        averaged = {
-            f"head.{k}": v for k, v in weighted_average([unpack(r.content["global"], HEAD) for _, r in ok], w).items()
-        }
+        current, averaged = {}, {}
+        if self.cfg.federated.head_sharing == "global":  # local heads never leave their clients
+            current = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+            heads = [unpack(r.content["global"], HEAD) for _, r in ok]
+            averaged = {f"head.{k}": v for k, v in weighted_average(heads, w).items()}
         for space, enc in self.encoders.items():
             held = [(wi, r) for wi, (p, r) in zip(w, ok) if self.info[p]["space"] == space]
             if held:
                 avg = weighted_average([unpack(r.content["global"], ENCODER) for _, r in held], [wi for wi, _ in held])
                 current.update({f"encoder.{space}.{k}": v for k, v in enc.state_dict().items()})
                 averaged.update({f"encoder.{space}.{k}": v for k, v in avg.items()})
+        if not averaged:
+            return
         new = self.server_opt.step(current, averaged)
-        self.head.load_state_dict({k[5:]: v for k, v in new.items() if k.startswith("head.")})
+        if self.cfg.federated.head_sharing == "global":
+            self.head.load_state_dict({k[5:]: v for k, v in new.items() if k.startswith("head.")})
         for space, enc in self.encoders.items():
             pre = f"encoder.{space}."
             part = {k[len(pre) :]: v for k, v in new.items() if k.startswith(pre)}
@@ -338,7 +356,32 @@ class FedAnchors:
 
     # -- evaluate ---------------------------------------------------------------------
     def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:
-        return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)})
+        pids = self.training() if self.held else None
+        return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)}, pids)
+
+    def configure_adapt(self, rnd: int) -> list[Message]:
+        """The held-out clients' messages: adapt a new encoder to the frozen model, then evaluate."""
+        conf = {"splits": "val,test", "adapt_epochs": self.cfg.federated.holdout_epochs}
+        return self._messages(MessageType.EVALUATE, rnd, conf, sorted(self.held))
+
+    def aggregate_adapt(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
+        """``test_new_*``: the held-out clients' metrics after adaptation (each group over its new
+        clients; NaN unless every new client answered), and their client-level accuracies."""
+        ok = self._split_replies(rnd, replies)
+        complete = {p for p, _ in ok} == self.held
+        out = {}
+        for split in ("val", "test"):
+            metrics = self._summarize(split, ok) if complete else {"acc_wg": math.nan, "acc_all": math.nan}
+            accs = [math.nan] * len(self.info)
+            for p, r in ok:
+                m = r.content["metrics"]
+                accs[p] = sum(m[f"{split}_correct"]) / max(1, sum(m[f"{split}_total"]))
+            mean = [a for a in accs if not math.isnan(a)]
+            metrics |= {"client_acc_mean": sum(mean) / len(mean) if mean else math.nan}
+            metrics |= client_summary(accs, self.cgroup, self.names) if complete else {}
+            keep = ("acc_all", "acc_wg", "acc_bal", "client_acc_mean", "client_acc_worst", "client_acc_p10")
+            out |= {f"{split}_new_{k}": v for k, v in metrics.items() if k in keep or k.startswith("acc_group:")}
+        return out
 
     def aggregate_evaluate(self, rnd: int, replies: Iterable[Message], splits: tuple[str, ...]) -> dict:
         """Per split, the group-wise metrics over the clients' counts: a group's counts are the

@@ -88,4 +88,31 @@ def build_scenario(cfg) -> ScenarioData:
     for g in data.groups:
         for split in ("train", "val", "test"):
             check_labels(getattr(g, split).y, data.num_classes, f"scenario {name}, group {g.name} ({split})")
-    return data
+    return to_common_input(data) if cfg.common_input else data
+
+
+def to_common_input(data: ScenarioData) -> ScenarioData:
+    """``data.common_input``: every group at the largest channel count and pixel size among
+    them (channels zero-padded, bilinear resize), all in the one input space ``common``."""
+    import torch
+
+    from fedanchors.data.base import resize2d
+
+    shapes = [g.shape for g in data.groups]
+    if any(len(s) != 3 for s in shapes):
+        bad = next(g.name for g in data.groups if len(g.shape) != 3)
+        raise ConfigError(
+            f"data.common_input: group {bad} is not an image-like (C, H, W) input (e.g. text); "
+            "one common input needs every group to be one"
+        )
+    c, h, w = (max(s[i] for s in shapes) for i in range(3))
+
+    def fit(x: torch.Tensor) -> torch.Tensor:
+        x = resize2d(x, h, w)
+        return torch.cat([x, x.new_zeros(len(x), c - x.shape[1], h, w)], 1) if x.shape[1] < c else x
+
+    groups = [
+        GroupData(g.name, "common", *(Split(fit(s.x), s.y) for s in (g.train, g.val, g.test)), g.meta)
+        for g in data.groups
+    ]
+    return ScenarioData(groups, data.num_classes, data.class_sets)

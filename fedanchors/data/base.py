@@ -152,6 +152,13 @@ def resize(x: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
 
 
+def resize2d(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bilinear resize of (N, C, H', W') to (N, C, h, w); unchanged when already that size."""
+    if x.shape[-2:] == (h, w):
+        return x
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def group_fractions(raw: dict[str, float], names: list[str]) -> list[float]:
     """Check a {group: fraction} option against the scenario's group names."""
     if set(raw) != set(names):
