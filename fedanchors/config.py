@@ -89,8 +89,8 @@ class AnchorConfig:
     # d^2) or none (means only; the fit is the squared distance between means)
     covariance: str = "full"
     # the fit term of the clients' loss: w2 (W2^2 between the batch's class moments and the
-    # anchors) or prototype (FedProto's: the mean over examples of |z_i - m_{y_i}|^2, the
-    # anchors' means being the count-weighted average of the clients' class means)
+    # anchors) or prototype (FedProto's: the mean squared error between codes and their class
+    # means, the anchors' means being the count-weighted average of the clients' class means)
     fit: str = "w2"
     # how the anchors follow the codes: "gradient" (a gradient step of lambda_fit * fit on the
     # anchors) or "barycenter" (a W2-barycenter step toward the groups' class moments: each

@@ -35,7 +35,11 @@ DEFINITIONS: dict[str, str] = {
     "the worst, 10th percentile and standard deviation over all clients (null unless every client was "
     "evaluated); federated, and centralized when the config has a population (federated.clients > 1)",
     "client_acc_worst:<g> / client_acc_p10:<g> / client_acc_std:<g>": "the same over group g's clients",
-    "client_accs": "the list of every client's validation accuracy (partition order; null for an empty slice)",
+    "client_accs": "the list of every client's validation accuracy (partition order; null for an empty slice "
+    "or a held-out new client)",
+    "val_new_* / test_new_*": "summary, federated.holdout > 0: the held-out new clients after each adapted its own "
+    "encoder to the selected model: acc_all, acc_wg (null unless every new client answered), acc_bal, "
+    "acc_group:<g>, client_acc_mean / _worst / _p10 over the new clients",
     "eval_complete": "federated: every group answered the evaluation",
     "bytes_sent / bytes_received": "federated: array payload bytes since the previous record",
     "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",

@@ -31,12 +31,13 @@ def group_fit_losses(
     All groups' classes go through one batched ``structured_w2`` call (the anchors'
     structure); a group's value is the mean over the classes present in its batch.
     ``detach``: the anchors take no gradient from it (``anchors.update: barycenter`` moves
-    them by another rule). ``kind="prototype"``: FedProto's term instead, the mean over the
-    batch of |z_i - m_{y_i}|^2.
+    them by another rule). ``kind="prototype"``: FedProto's term instead, the mean squared
+    error between the codes and their class prototypes (mean over examples and dimensions,
+    as FedProto's ``nn.MSELoss``: |z_i - m_{y_i}|^2 / d averaged over the batch).
     """
     if kind == "prototype":
         means = anchors.means.detach() if detach else anchors.means
-        return torch.stack([((z - means[y]) ** 2).sum(-1).mean() for z, y in zip(zs, ys)])
+        return torch.stack([((z - means[y]) ** 2).mean() for z, y in zip(zs, ys)])
     parts = [batch_class_moments(z, y, anchors.num_classes, cov_eps, anchors.structure) for z, y in zip(zs, ys)]
     classes = torch.cat([p[0] for p in parts])
     means = torch.cat([p[1] for p in parts])

@@ -145,3 +145,14 @@ def test_held_out_clients_never_train_and_report_after_adapting(tmp_path):
     assert all(math.isnan(accs[p]) for p in server.held) and not any(
         math.isnan(a) for p, a in enumerate(accs) if p not in server.held
     )
+
+
+def test_prototype_fit_is_fedprotos_mse():
+    from fedanchors.anchors import AnchorModule
+    from fedanchors.train import group_fit_losses
+
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(12, 5, generator=g), torch.randint(0, 3, (12,), generator=g)
+    anchors = AnchorModule(3, 5, structure="none")
+    got = group_fit_losses([z], [y], anchors, 1e-3, kind="prototype")[0]
+    assert torch.allclose(got, torch.nn.functional.mse_loss(z, anchors.means[y]))
