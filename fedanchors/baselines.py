@@ -13,7 +13,9 @@ runs on the same groups, population, budget and metrics. Settings a baseline doe
 - ``flic_like`` (after FLIC, Rakotomamonjy et al. 2024): private encoders, diagonal Gaussian
   anchors fitted by Wasserstein barycenters, ERM weights (no GroupDRO).
 - ``fedanchors``: this library's method: full-covariance anchors (W2 fit and barycenter),
-  the classifier separation, GroupDRO.
+  the classifier separation, GroupDRO; encoders as the config shares them.
+- ``fedanchors_private``: the same with every client's encoder private (as lg_fedavg,
+  FedProto and FLIC keep theirs), for a like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ BASELINES: dict[str, dict] = {
         "anchors": {"covariance": "full", "fit": "w2"},
         "method": {"name": "groupdro"},
         "federated": {"head_sharing": "global"},
+    },
+    "fedanchors_private": {
+        "anchors": {"covariance": "full", "fit": "w2"},
+        "method": {"name": "groupdro"},
+        "federated": {"head_sharing": "global", "encoder_sharing": "client"},
     },
 }
 

@@ -43,6 +43,7 @@ WIRE = {
     "fedproto": ({ANCHORS}, set(), 0),
     "flic_like": ({HEAD, ANCHORS}, {HEAD}, 1),
     "fedanchors": ({HEAD, ANCHORS}, {HEAD}, 2),
+    "fedanchors_private": ({HEAD, ANCHORS}, {HEAD}, 2),
 }
 
 
