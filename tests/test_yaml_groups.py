@@ -4,7 +4,6 @@ modes, and every malformed list is one line at load, before any data is read."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,53 +16,52 @@ from fedanchors.data import build_scenario
 from fedanchors.data.sources import Pool, SourceData, source
 from fedanchors.errors import ConfigError
 from fedanchors.population import build_population
+from tests import legacy_scenarios  # noqa: F401  (registers legacy_<name>: the reference)
 from tests.conftest import REPO
 from tests.fixtures import make_textcaps, make_waterbirds
 from tests.test_config import assert_one_line_error, cli
 
+CASES = [
+    ("digits", ()),
+    ("digits", ("data.max_per_group=300", "data.split_seed=3")),
+    ("mnist_hetero", ()),
+    ("digits_3way", ()),
+    ("mnist_audio", ()),
+    ("mnist_audio", ("data.max_per_group=200",)),
+]
 
-def fingerprint(data) -> str:
-    """sha256 over every group's name, space and split tensors (the script that recorded the
-    values below ran this same function on the scenario functions before they became presets)."""
-    h = hashlib.sha256()
-    h.update(str(data.num_classes).encode())
-    for g in data.groups:
-        h.update(f"{g.name}|{g.space}".encode())
+
+def _same(a, b) -> None:
+    assert a.num_classes == b.num_classes and a.names == b.names
+    for ga, gb in zip(a.groups, b.groups):
+        assert ga.space == gb.space, ga.name
         for s in ("train", "val", "test"):
-            sp = getattr(g, s)
-            h.update(sp.x.contiguous().numpy().tobytes())
-            h.update(sp.y.numpy().tobytes())
-    return h.hexdigest()[:16]
+            sa, sb = getattr(ga, s), getattr(gb, s)
+            assert torch.equal(sa.x, sb.x) and torch.equal(sa.y, sb.y), (ga.name, s)
 
 
-# recorded at commit 8d8e947 (Python scenario functions), see fingerprint()
-BEFORE = {
-    ("digits", ()): "583a1054745f69e6",
-    ("digits", ("data.max_per_group=300", "data.split_seed=3")): "3e5ad0882db1a060",
-    ("mnist_hetero", ()): "9ce7c1dce5474c69",
-    ("digits_3way", ()): "33bcb1d03b825634",
-    ("mnist_audio", ()): "58a40b6dddf81b60",
-    ("mnist_audio", ("data.max_per_group=200",)): "9bbfaec3907e671d",
-}
-
-
-@pytest.mark.parametrize("name,sets", list(BEFORE))
+@pytest.mark.parametrize("name,sets", CASES)
 def test_presets_build_the_old_scenarios_exactly(name, sets, request):
+    """Each preset builds bit for bit what its scenario function built before it became a
+    preset (``tests/legacy_scenarios.py`` keeps those functions as the reference)."""
     root = [] if name == "digits" else [f"data.root={request.getfixturevalue('shared_data')}"]
     cfg = load_config(REPO / "configs" / f"{name}.yaml", [*sets, *root])
-    assert fingerprint(build_scenario(cfg.data)) == BEFORE[(name, sets)]
+    legacy = load_config(REPO / "configs" / f"{name}.yaml", [*sets, *root, f"data.scenario=legacy_{name}"])
+    _same(build_scenario(cfg.data), build_scenario(legacy.data))
 
 
 def test_digits_config_gives_the_same_test_metrics(tmp_path):
-    """configs/digits.yaml, 3 epochs: the summary recorded before presets existed (commit 8d8e947)."""
-    res = cli("--config", "configs/digits.yaml", "--set", "optim.epochs=3", "--set", f"out_dir={tmp_path}")
-    assert res.returncode == 0, res.stderr
-    s = json.loads((tmp_path / "digits" / "summary.json").read_text())
-    assert s["test_acc_all"] == 0.7694444444444445
-    assert s["test_acc_group:digits8"] == 0.6944444444444444
-    assert s["test_acc_group:digits16"] == 0.8444444444444444
-    assert s["test_acc_bal"] == pytest.approx(0.782069990613928, abs=1e-12)
-    assert s["test_loss_group:digits8"] == pytest.approx(0.8547797309027778, rel=1e-6)
+    """configs/digits.yaml (3 epochs) through the preset and through the old scenario function:
+    the same summary, key for key."""
+    from fedanchors.simulate import run
+
+    out = {}
+    for scen in ("digits", "legacy_digits"):
+        sets = ["optim.epochs=3", f"out_dir={tmp_path}", f"name={scen}", f"data.scenario={scen}", "progress=false"]
+        out[scen] = run(load_config(REPO / "configs" / "digits.yaml", sets))
+    keys = [k for k in out["digits"] if k.startswith("test_")]
+    assert len(keys) >= 6 and all(out["digits"][k] == out["legacy_digits"][k] for k in keys)
+    assert out["digits"]["best_epoch"] == out["legacy_digits"]["best_epoch"]
 
 
 def test_print_config_writes_a_preset_out_and_runs_the_same_data(tmp_path):
@@ -75,7 +73,7 @@ def test_print_config_writes_a_preset_out_and_runs_the_same_data(tmp_path):
     printed = tmp_path / "printed.yaml"
     printed.write_text(res.stdout)
     cfg = load_config(printed, ["data.root="])
-    assert fingerprint(build_scenario(cfg.data)) == BEFORE[("digits", ())]
+    _same(build_scenario(cfg.data), build_scenario(load_config(REPO / "configs" / "digits.yaml").data))
 
 
 FOUR = """
