@@ -71,6 +71,7 @@ BASELINES: dict[str, dict] = {
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in section by section (``over`` wins)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         out[k] = (

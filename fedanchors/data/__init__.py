@@ -7,6 +7,7 @@ from ``data.scenario``: a preset (a named group list) or a Python scenario.
 
 import difflib
 
+from fedanchors.config import _build
 from fedanchors.data import digits, femnist, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
 from fedanchors.data.base import SCENARIO_OPTIONS, SCENARIOS, GroupData, ScenarioData, Split, check_labels, data_root
 from fedanchors.data.groups import build_groups, check_groups, parse_groups
@@ -42,8 +43,6 @@ def resolve_groups(cfg) -> tuple[GroupSpec, ...] | None:
     name = scenario_name(cfg)
     if name in PRESETS:
         p = PRESETS.get(name)
-        from fedanchors.data.base import _build
-
         return parse_groups(p.expand(_build(p.options, dict(cfg.options), "data.options")), f"data.scenario {name}")
     return None
 
@@ -72,8 +71,6 @@ def check_data_config(cfg) -> None:
     if name in PRESETS:
         check_groups(resolve_groups(cfg), f"data.scenario {name}")
     else:
-        from fedanchors.data.base import _build
-
         _build(SCENARIO_OPTIONS[name], dict(cfg.options), "data.options")
 
 

@@ -120,12 +120,12 @@ def _select(pool: Pool, g: GroupSpec, key: str) -> Pool:
         keep &= pool.attrs[attr] == value
     if g.classes:
         keep &= torch.isin(pool.y, torch.tensor(g.classes))
-    wanted = g.speakers or g.writers
+    wanted = set(g.speakers or g.writers)
     if wanted:
-        missing = sorted(set(wanted) - set(pool.owners or []))
+        missing = sorted(wanted - set(pool.owners or []))
         if missing and key:
             raise DataError(f"{key}: {missing[:5]} are not among the source's {g.source} owners in this share")
-        keep &= torch.tensor([o in set(wanted) for o in (pool.owners or [])], dtype=torch.bool)
+        keep &= torch.tensor([o in wanted for o in (pool.owners or [])], dtype=torch.bool)
     return pool.take(torch.nonzero(keep).squeeze(1))
 
 

@@ -84,12 +84,11 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise DataError(f"cannot read image {path} ({e}); replace it with an intact copy") from None
 
 
-@scenario("waterbirds", WaterbirdsOptions)
-def waterbirds(cfg: DataConfig) -> ScenarioData:
-    """Groups ``landbird_land``, ``landbird_water``, ``waterbird_land``, ``waterbird_water``."""
-    o = scenario_options(WaterbirdsOptions, cfg)
+def load_waterbirds(cfg: DataConfig, o: WaterbirdsOptions, key: str) -> tuple[torch.Tensor, ...]:
+    """(x normalised (N, 3, size, size), y, place, split) of every row of metadata.csv;
+    ``key`` names the options in errors (``data.options`` or a group's ``options``)."""
     if o.size < 8:
-        raise ConfigError(f"data.options.size must be >= 8, got {o.size}")
+        raise ConfigError(f"{key}.size must be >= 8, got {o.size}")
     folder = waterbirds_dir(cfg, o.folder)
     rows = read_metadata(folder / "metadata.csv")
     x = torch.from_numpy(np.stack([load_image(folder / r["img_filename"], o.size) for r in rows]))
@@ -97,6 +96,13 @@ def waterbirds(cfg: DataConfig) -> ScenarioData:
     y, place, split = (torch.tensor([r[k] for r in rows]) for k in ("y", "place", "split"))
     check_labels(y, 2, folder / "metadata.csv")
     check_labels(place, 2, folder / "metadata.csv", "place")
+    return x, y, place, split
+
+
+@scenario("waterbirds", WaterbirdsOptions)
+def waterbirds(cfg: DataConfig) -> ScenarioData:
+    """Groups ``landbird_land``, ``landbird_water``, ``waterbird_land``, ``waterbird_water``."""
+    x, y, place, split = load_waterbirds(cfg, scenario_options(WaterbirdsOptions, cfg), "data.options")
     groups = []
     for b, bird in enumerate(BIRDS):
         for p, where in enumerate(PLACES):
