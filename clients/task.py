@@ -194,6 +194,12 @@ def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: Clien
     return ClientModel(cfg, client_group(cfg, pid)[0], data.num_classes, store.load(rnd), source)
 
 
+def _log_prior(conf) -> torch.Tensor | None:
+    """The global log class prior the server sends for the long-tail losses (None: not sent)."""
+    v = conf.get("log_prior") if hasattr(conf, "get") else None
+    return torch.tensor(list(v), dtype=torch.float32) if v is not None else None
+
+
 def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
     pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
@@ -231,6 +237,8 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         batch_size=cfg.optim.group_batch.get(group.name, 0),
         prox_mu=f.prox_mu,
         prox_ref=prox,
+        loss_cfg=cfg.loss,
+        logp=_log_prior(conf),
     )
     keep_from, keep = (
         (int(conf.get("state_round", 0) or 0), int(conf.get("keep_round", 0) or 0)) if not stock else (0, 0)
@@ -270,7 +278,8 @@ def evaluate(msg: Message, context: Context, cfg: Config, state_dir: str = "") -
         gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "adapt", pid))
         res = adapt_encoder(
             model.encoder, model.head, model.anchors, group.train, cfg.optim, cfg.anchors, steps, gen,
-            model.device, train_head=cfg.federated.head_sharing == "local",
+            model.device, train_head=cfg.federated.head_sharing == "local", loss_cfg=cfg.loss,
+            logp=_log_prior(msg.content["config"]),
         )  # fmt: skip
         out["adapt_loss"] = res["loss"]
     splits = ("val", "test") if stock else str(msg.content["config"]["splits"]).split(",")
@@ -294,5 +303,7 @@ def query(msg: Message, context: Context, cfg: Config) -> Message:
     info = ConfigRecord(
         {"group": g.name, "space": g.space, "shape": list(g.shape), "vocab_size": int(g.meta.get("vocab_size", 0))}
     )
-    metrics = MetricRecord({"partition": pid, "group_index": gi, "num-examples": len(g.train)})
-    return Message(RecordDict({"info": info, "metrics": metrics}), reply_to=msg)
+    metrics = {"partition": pid, "group_index": gi, "num-examples": len(g.train)}
+    if cfg.loss.name != "ce":  # the long-tail losses' prior: the class counts (those the class moments carry)
+        metrics["class_counts"] = torch.bincount(g.train.y, minlength=scenario(cfg)[0].num_classes).tolist()
+    return Message(RecordDict({"info": info, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedanchors.aggregate import barycenter_step
@@ -20,7 +19,7 @@ from fedanchors.data import ScenarioData
 from fedanchors.dfr import linear_head, select_and_fit
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.loop import run_loop
-from fedanchors.losses import anchor_fit_objective
+from fedanchors.losses import anchor_fit_objective, class_loss, log_prior
 from fedanchors.methods import Method, build_method
 from fedanchors.metrics import client_accuracies, client_summary, group_metrics
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
@@ -83,6 +82,9 @@ class CentralizedTrainer:
         f = cfg.federated
         self.population = build_population(data, f, cfg.seed) if has_population(f, data) else None
         self.barycenter = anchor_update(cfg) == "barycenter"
+        # the training class prior of the long-tail losses (loss.name), from every group's labels
+        counts = sum(torch.bincount(g.train.y, minlength=data.num_classes) for g in data.groups)
+        self.logp = log_prior(counts).to(self.device)
 
     # -- fedanchors.loop.Trainer ---------------------------------------------------------
     def setup(self) -> None:
@@ -181,7 +183,7 @@ class CentralizedTrainer:
             rows = idx[owner == g] - self.offset[g]
             xs[g], ys[g] = self.train_x[g][rows], self.train_y[g][rows]
         zs = self._encode(xs)
-        ces = [F.cross_entropy(m.head(zs[g]), ys[g]) for g in present]
+        ces = [class_loss(m.head(zs[g]), ys[g], cfg.loss, self.logp) for g in present]
         zs, ys = [zs[g] for g in present], [ys[g] for g in present]
         G = len(self.data.groups)
         losses = torch.full((G,), float("nan"), dtype=torch.float64)

@@ -113,6 +113,19 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """The classification loss of the training objective (both modes; fedanchors.losses).
+
+    ``ce``: cross-entropy; ``logit_adjust``: CE on logits + tau * log(prior) (Menon et al.
+    2021); ``balanced_softmax``: CE on logits + log(prior) (Ren et al. 2020). The prior is the
+    training class frequency: centralized from the data, federated from the clients' class
+    counts. Prediction always takes the raw logits."""
+
+    name: str = "ce"
+    tau: float = 1.0
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """Optimizer and schedule shared by both modes (local optimizer in federated)."""
 
@@ -146,6 +159,9 @@ class DataConfig:
     # (zero-padded channels, bilinear resize) in one input space, ``common``: one encoder for
     # every client (FedAvg over heterogeneous inputs)
     common_input: bool = False
+    # > 0: this share of each group's training split, per class (seeded), is held out as the
+    # ``gating`` split (system 4: experts train on the rest, a gate on it; fedanchors.gating)
+    gating_fraction: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -256,6 +272,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     dfr: DFRConfig = field(default_factory=DFRConfig)
@@ -267,6 +284,7 @@ _CHOICES = {
     "method.update": ("exp", "softmax", "exp_smooth"),
     "method.objective": ("weighted", "max", "logsumexp"),
     "optim.name": ("adam", "sgd"),
+    "loss.name": ("ce", "logit_adjust", "balanced_softmax"),
     "federated.class_stats": ("running", "exact"),
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),

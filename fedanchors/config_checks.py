@@ -47,6 +47,7 @@ def validate(cfg: Config) -> None:
         "optim.weight_decay": cfg.optim.weight_decay,
         "optim.grad_clip": cfg.optim.grad_clip,
         "optim.patience": cfg.optim.patience,
+        "loss.tau": cfg.loss.tau,
     }
     for key, v in nonneg.items():
         if v < 0:
@@ -54,6 +55,8 @@ def validate(cfg: Config) -> None:
     for key, v in {**positive, **nonneg}.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{key} must be a finite number, got {v}")
+    if not 0 <= cfg.data.gating_fraction < 1:
+        raise ConfigError(f"data.gating_fraction must be in [0, 1), got {cfg.data.gating_fraction}")
     if cfg.federated.fault_partition < -1:
         raise ConfigError(
             f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"

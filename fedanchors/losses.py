@@ -11,6 +11,40 @@ from fedanchors.registry import Registry
 from fedanchors.wasserstein import structured_w2
 
 SEPARATIONS: Registry = Registry("separation loss")
+CLASS_LOSSES: Registry = Registry("loss")
+
+
+def log_prior(counts: torch.Tensor) -> torch.Tensor:
+    """log of the training class frequencies n_c / sum n (float32); a class with no example
+    gets the log of half an example, so the adjustment stays finite."""
+    n = counts.to(torch.float64).clamp_min(0.5)
+    return (n / n.sum()).log().float()
+
+
+@CLASS_LOSSES.register("ce")
+def ce_loss(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """Plain cross-entropy (the prior is not used)."""
+    return F.cross_entropy(logits, y)
+
+
+@CLASS_LOSSES.register("logit_adjust")
+def logit_adjust_loss(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """Logit-adjusted loss (Menon et al. 2021): -log softmax(f(x) + tau * log pi)_y."""
+    return F.cross_entropy(logits + tau * logp.to(logits), y)
+
+
+@CLASS_LOSSES.register("balanced_softmax")
+def balanced_softmax_loss(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """Balanced softmax (Ren et al. 2020): -log(n_y e^{f_y} / sum_j n_j e^{f_j}), i.e. CE on
+    f(x) + log pi (``tau`` is not used: the counts enter with power one)."""
+    return F.cross_entropy(logits + logp.to(logits), y)
+
+
+def class_loss(logits: torch.Tensor, y: torch.Tensor, cfg, logp: torch.Tensor | None) -> torch.Tensor:
+    """The configured classification loss (``cfg``: a LossConfig) of logits (B, C) and labels."""
+    if cfg.name != "ce" and logp is None:
+        raise ValueError(f"loss.name={cfg.name} needs the training class prior")
+    return CLASS_LOSSES.get(cfg.name, "loss.name")(logits, y, logp, cfg.tau)
 
 
 def anchor_w2_by_group(

@@ -33,6 +33,25 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def fresh_dir(out_dir: str, name: str) -> Path:
+    """A new directory ``out_dir/name`` (``name-2``, ``name-3``, ... when taken)."""
+    base = Path(out_dir) / name
+    path, k = base, 1
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                k += 1
+                path = base.with_name(f"{base.name}-{k}")
+    except OSError as e:
+        raise ConfigError(
+            f"out_dir: cannot create a run directory under {out_dir!r} ({e.strerror}); pick a writable out_dir"
+        ) from None
+
+
 class RunLock:
     """An exclusive ``flock`` on the run directory itself for as long as a process writes it.
 
@@ -90,22 +109,7 @@ class RunDir:
     @classmethod
     def create(cls, cfg: Config) -> RunDir:
         """Make a fresh directory under ``cfg.out_dir`` and save the resolved config."""
-        base = Path(cfg.out_dir) / (cfg.name or "run")
-        path, k = base, 1
-        try:
-            base.parent.mkdir(parents=True, exist_ok=True)
-            while True:
-                try:
-                    path.mkdir()
-                    break
-                except FileExistsError:
-                    k += 1
-                    path = base.with_name(f"{base.name}-{k}")
-        except OSError as e:
-            raise ConfigError(
-                f"out_dir: cannot create a run directory under {cfg.out_dir!r} ({e.strerror}); pick a writable out_dir"
-            ) from None
-        return cls._init(path, cfg)
+        return cls._init(fresh_dir(cfg.out_dir, cfg.name or "run"), cfg)
 
     @classmethod
     def create_at(cls, path: Path, cfg: Config) -> RunDir:

@@ -98,6 +98,16 @@ def run(cfg: Config) -> dict:
     return _execute(cfg, data, RunDir.create(cfg), federated, resume=False)
 
 
+def run_at(cfg: Config, path) -> dict:
+    """Run ``cfg`` into the run directory ``path`` (made; refused if it holds a run)."""
+    from pathlib import Path
+
+    from fedanchors.rundir import RunDir
+
+    federated, data = _checks(cfg)
+    return _execute(cfg, data, RunDir.create_at(Path(path), cfg), federated, resume=False)
+
+
 def resume(path: str, config: str | None, overrides: list[str]) -> dict:
     """Continue the run in ``path`` from its last checkpoint (same config, same numbers)."""
     from fedanchors.rundir import RunDir

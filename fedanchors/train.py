@@ -13,7 +13,7 @@ from fedanchors.anchors import AnchorModule
 from fedanchors.config import AnchorConfig, OptimConfig
 from fedanchors.data.base import Split
 from fedanchors.errors import ConfigError
-from fedanchors.losses import SEPARATIONS
+from fedanchors.losses import SEPARATIONS, class_loss
 from fedanchors.moments import batch_class_moments, class_sufficient_stats
 from fedanchors.wasserstein import structured_w2
 
@@ -139,6 +139,8 @@ def local_train(
     batch_size: int = 0,
     prox_mu: float = 0.0,
     prox_ref: list[tuple[nn.Parameter, torch.Tensor]] | None = None,
+    loss_cfg=None,
+    logp: torch.Tensor | None = None,
 ) -> dict:
     """A client's local work: ``steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
 
@@ -153,6 +155,8 @@ def local_train(
     ``batch_size`` (when > 0) replaces ``optim.batch_size`` (fixed-ratio group batches).
     ``prox_mu`` > 0 adds FedProx's term prox_mu/2 ||w - w_ref||^2 for the (parameter,
     reference) pairs of ``prox_ref`` (the global head and shared encoder of the round).
+    ``loss_cfg`` (a LossConfig) replaces CE by a long-tail loss, with ``logp`` the global log
+    class prior the server sends.
     """
     params = list(encoder.parameters()) + list(head.parameters())
     order: list[torch.Tensor] = []
@@ -166,7 +170,7 @@ def local_train(
         idx = order.pop(0)
         x, y = split.x[idx].to(device), split.y[idx].to(device)
         z = encoder(x)
-        ce = F.cross_entropy(head(z), y)
+        ce = class_loss(head(z), y, loss_cfg, logp) if loss_cfg is not None else F.cross_entropy(head(z), y)
         if not math.isfinite(float(ce.detach())):  # diverged: report it (the server stops the run)
             return {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
         loss = ce
@@ -206,6 +210,8 @@ def adapt_encoder(
     generator: torch.Generator,
     device: torch.device,
     train_head: bool = False,
+    loss_cfg=None,
+    logp: torch.Tensor | None = None,
 ) -> dict:
     """A new client's adaptation: ``steps`` local steps of CE + lambda_fit * fit that move only
     its encoder (and its head when heads are local: it has no global one to hold to); the
@@ -216,7 +222,10 @@ def adapt_encoder(
     try:
         params = list(encoder.parameters()) + (list(head.parameters()) if train_head else [])
         opt = make_optimizer(params, cfg_optim)
-        return local_train(encoder, head, anchors, split, opt, cfg_optim, cfg_anchors, steps, 1.0, generator, device)
+        return local_train(
+            encoder, head, anchors, split, opt, cfg_optim, cfg_anchors, steps, 1.0, generator, device,
+            loss_cfg=loss_cfg, logp=logp,
+        )  # fmt: skip
     finally:
         for p in frozen:
             p.requires_grad_(True)

@@ -150,38 +150,44 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     ``<run>/clients``); ``resume=True`` continues after the last one. Ctrl-C stops after
     the current round's checkpoint.
     """
-    _quiet()
-    from flwr.simulation import run_simulation
-
+    _quiet()  # before flwr is imported
     from clients.client_app import make_client_app
     from server.server_app import make_server_app
 
     f = cfg.federated
     n = population_size(cfg, data)
     holder: dict = {"abort": threading.Event()}
-    init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **f.ray_init}
-    resources = {
-        "num_cpus": f.num_cpus,
-        "num_gpus": f.num_gpus,
-        # a Ray worker that dies (OOM killer, kill -9) is restarted and its task retried: the
-        # client answers in the same round from the same state file, so the run stays exact
-        "max_restarts": f.actor_restarts,
-        "max_task_retries": f.actor_restarts,
-    }
-    backend = {"client_resources": resources, "init_args": init_args}
-    reaper.start()  # Ray's helper processes end with this process, even after kill -9
-    with StopFlag() as stop, _actor_pool_cap(n):
+    with StopFlag() as stop:
         server_app = make_server_app(
             cfg, n, data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
         )
+        client_app = make_client_app(cfg, str(run.path.resolve() / "clients"))
+        return simulate_apps(server_app, client_app, n, holder, f.num_cpus, f.num_gpus, f.ray_init, f.actor_restarts)
+
+
+def simulate_apps(
+    server_app, client_app, n: int, holder: dict, num_cpus: float, num_gpus: float, ray_init: dict, restarts: int
+) -> dict:
+    """Run a ServerApp and a ClientApp with ``n`` SuperNodes on Flower's Ray backend; the
+    ServerApp leaves its result in ``holder["summary"]`` (or its error in ``holder["error"]``)
+    and watches ``holder["abort"]`` (set here when the engine stops)."""
+    _quiet()
+    from flwr.simulation import run_simulation
+
+    init_args = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False, **ray_init}
+    resources = {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        # a Ray worker that dies (OOM killer, kill -9) is restarted and its task retried: the
+        # client answers in the same round from the same state file, so the run stays exact
+        "max_restarts": restarts,
+        "max_task_retries": restarts,
+    }
+    backend = {"client_resources": resources, "init_args": init_args}
+    reaper.start()  # Ray's helper processes end with this process, even after kill -9
+    with _actor_pool_cap(n):
         try:
-            run_simulation(
-                server_app,
-                make_client_app(cfg, str(run.path.resolve() / "clients")),
-                num_supernodes=n,
-                backend_name="ray",
-                backend_config=backend,
-            )
+            run_simulation(server_app, client_app, num_supernodes=n, backend_name="ray", backend_config=backend)
         except Exception as e:  # the engine failed: the finally below releases the ServerApp thread
             cause = e.__cause__.__cause__ if e.__cause__ and e.__cause__.__cause__ else (e.__cause__ or e)
             reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__

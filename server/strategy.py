@@ -23,7 +23,7 @@ from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
 from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
-from fedanchors.losses import anchor_w2_by_group
+from fedanchors.losses import anchor_w2_by_group, log_prior
 from fedanchors.methods import build_method
 from fedanchors.metrics import client_summary, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
@@ -125,6 +125,7 @@ class FedAnchors:
                 "meta": {"vocab_size": int(c["vocab_size"])} if int(c["vocab_size"]) else {},
                 "n": int(r.content["metrics"]["num-examples"]),
                 "gi": int(r.content["metrics"].get("group_index", pid)),
+                "class_counts": list(r.content["metrics"].get("class_counts", [])),
             }
         self.info = [info[p] for p in sorted(info)]
         self.cgroup = [i["gi"] for i in self.info]
@@ -134,6 +135,7 @@ class FedAnchors:
         self.best_rounds = [0] * len(self.info)
         self.missing = [0] * len(self.names)  # per group
         self.method = build_method(self.cfg.method, self.names)
+        self.log_prior = self._log_prior()
         spaces = [i["space"] for i in self.info]
         for i in self.info:
             sharing = self.cfg.federated.encoder_sharing == "space"
@@ -141,6 +143,13 @@ class FedAnchors:
                 self.encoders[i["space"]] = build_encoder(
                     self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
                 )
+
+    def _log_prior(self) -> list[float] | None:
+        """The long-tail losses' prior (``loss.name``): the training clients' summed class counts."""
+        if self.cfg.loss.name == "ce":
+            return None
+        counts = torch.tensor([self.info[p]["class_counts"] for p in self.training()]).sum(0)
+        return log_prior(counts).tolist()
 
     def members(self, g: int, among=None) -> list[int]:
         """Training partitions of group ``g`` (among ``among`` when given); held-out ones never count."""
@@ -240,6 +249,8 @@ class FedAnchors:
         scale = self.weights.tolist() if private else space_weights(spaces, self.weights)
         shared = [s in self.encoders for s in spaces]
         config = {"encoder_scale": scale, "encoder_shared": shared}
+        if self.log_prior is not None:
+            config["log_prior"] = [self.log_prior] * len(self.info)
         return self._messages(MessageType.TRAIN, rnd, config, self.sampled)
 
     def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
@@ -362,6 +373,8 @@ class FedAnchors:
     def configure_adapt(self, rnd: int) -> list[Message]:
         """The held-out clients' messages: adapt a new encoder to the frozen model, then evaluate."""
         conf = {"splits": "val,test", "adapt_epochs": self.cfg.federated.holdout_epochs}
+        if self.log_prior is not None:
+            conf["log_prior"] = [self.log_prior] * len(self.info)
         return self._messages(MessageType.EVALUATE, rnd, conf, sorted(self.held))
 
     def aggregate_adapt(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:

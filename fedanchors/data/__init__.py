@@ -85,7 +85,28 @@ def build_scenario(cfg) -> ScenarioData:
     for g in data.groups:
         for split in ("train", "val", "test"):
             check_labels(getattr(g, split).y, data.num_classes, f"scenario {name}, group {g.name} ({split})")
+    if cfg.gating_fraction > 0:
+        data = carve_gating(data, cfg.gating_fraction, cfg.split_seed)
     return to_common_input(data) if cfg.common_input else data
+
+
+def carve_gating(data: ScenarioData, fraction: float, seed: int) -> ScenarioData:
+    """Hold out ``fraction`` of every class of each group's training split (round(fraction * n_c)
+    examples, seeded) as the group's ``gating`` split; ``train`` keeps the rest, in order. The
+    gating split so follows the training distribution (long tail included)."""
+    import torch
+
+    out = []
+    for gi, g in enumerate(data.groups):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + gi)
+        take = torch.zeros(len(g.train), dtype=torch.bool)
+        for c in torch.unique(g.train.y).tolist():
+            idx = torch.nonzero(g.train.y == c).flatten()
+            k = round(fraction * len(idx))
+            take[idx[torch.randperm(len(idx), generator=gen)[:k]]] = True
+        train, gating = Split(g.train.x[~take], g.train.y[~take]), Split(g.train.x[take], g.train.y[take])
+        out.append(GroupData(g.name, g.space, train, g.val, g.test, g.meta, gating))
+    return ScenarioData(out, data.num_classes, data.class_sets)
 
 
 def to_common_input(data: ScenarioData) -> ScenarioData:
@@ -109,7 +130,10 @@ def to_common_input(data: ScenarioData) -> ScenarioData:
         return torch.cat([x, x.new_zeros(len(x), c - x.shape[1], h, w)], 1) if x.shape[1] < c else x
 
     groups = [
-        GroupData(g.name, "common", *(Split(fit(s.x), s.y) for s in (g.train, g.val, g.test)), g.meta)
+        GroupData(
+            g.name, "common", *(Split(fit(s.x), s.y) for s in (g.train, g.val, g.test)), g.meta,
+            None if g.gating is None else Split(fit(g.gating.x), g.gating.y),
+        )
         for g in data.groups
-    ]
+    ]  # fmt: skip
     return ScenarioData(groups, data.num_classes, data.class_sets)

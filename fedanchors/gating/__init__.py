@@ -1,0 +1,1 @@
+"""System 4: a gating network over long-tail experts (``python -m fedanchors.gating``)."""
