@@ -154,10 +154,13 @@ def test_shared_space_encoder_is_averaged(tmp_path):
         assert torch.allclose(v, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("k", [3])
-def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k):
-    """Anchors off, one local full-batch SGD step, no momentum: k rounds == k centralized steps."""
+@pytest.mark.parametrize("k,loss", [(3, "ce"), (2, "logit_adjust")])
+def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss):
+    """Anchors off, one local full-batch SGD step, no momentum: k rounds == k centralized steps
+    (with a long-tail loss too: the server's prior from the clients' class counts is the
+    centralized prior from the data)."""
     common = dict(
+        loss={"name": loss, "tau": 2.0},
         anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
         method={"name": "groupdro", "eta": 1.0},
         optim={
@@ -179,6 +182,11 @@ def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k):
         (idx,) = tr.epoch_batches()
         tr.train_step(idx, epoch)
     strategy, grid = train_rounds(cfg, 2)
+    if loss != "ce":
+        assert torch.allclose(torch.tensor(strategy.log_prior), tr.logp, atol=1e-6)
+        assert not torch.allclose(tr.logp, torch.full_like(tr.logp, -math.log(10)), atol=1e-3)  # not uniform
+        sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+        assert all(list(m.content["config"]["log_prior"]) == strategy.log_prior for m in sent)
     for key, v in strategy.head.state_dict().items():
         assert torch.allclose(v, tr.model.head.state_dict()[key], atol=1e-5), key
     assert torch.allclose(strategy.method.q, tr.method.q, atol=1e-5)
