@@ -200,6 +200,26 @@ def _log_prior(conf) -> torch.Tensor | None:
     return torch.tensor(list(v), dtype=torch.float32) if v is not None else None
 
 
+def _jacobians(cfg: Config, model: ClientModel, group: GroupData, pid: int, rnd: int) -> dict[str, float]:
+    """System 3's Jacobian norms of the model the round starts from, on this client's training data."""
+    from fedanchors.dynamics import jacobian_norm
+
+    a = cfg.analysis
+    x = group.train.x[: a.jacobian_examples].to(model.device)
+    gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "jacobian", pid, rnd))
+    model.encoder.eval()
+    model.head.eval()
+    try:
+        out = {"jac_enc": jacobian_norm(model.encoder, x, a.projections, gen)}
+        with torch.no_grad():
+            z = model.encoder(x)
+        out["jac_head"] = jacobian_norm(model.head, z, a.projections, gen)
+    finally:
+        model.encoder.train()
+        model.head.train()
+    return out
+
+
 def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
     pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
@@ -217,6 +237,7 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     else:
         steps = f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
+    jac = _jacobians(cfg, model, group, pid, rnd) if (not stock and conf.get("analysis_jacobian")) else {}
     prox = []  # FedProx: the parts the server aggregates, anchored at this round's global values
     if f.prox_mu > 0:
         shared = list(model.head.parameters()) + (list(model.encoder.parameters()) if conf["encoder_shared"] else [])
@@ -254,7 +275,7 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         parts["head"] = model.head.state_dict()
     arrays = pack(**parts)
     loss = res["loss_first"] if f.group_loss == "first" else res["loss"]  # the group loss GroupDRO reads
-    metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": loss, "fit": res["fit"]})
+    metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": loss, "fit": res["fit"], **jac})
     content = RecordDict({"global": arrays, "metrics": metrics})
     if anchors_used(cfg):  # the class moments the anchors are fitted to
         content["stats"] = pack_arrays(**model.class_stats(res["stats"]))

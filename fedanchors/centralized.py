@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedanchors import dynamics
 from fedanchors.aggregate import barycenter_step
 from fedanchors.analysis import anchor_w2, chunks, cross_group_w2, group_class_gaussians
 from fedanchors.config import Config, anchor_update
@@ -85,13 +86,15 @@ class CentralizedTrainer:
         # the training class prior of the long-tail losses (loss.name), from every group's labels
         counts = sum(torch.bincount(g.train.y, minlength=data.num_classes) for g in data.groups)
         self.logp = log_prior(counts).to(self.device)
+        self.analysis_out: list[dict] = []  # finished analysis records, drained by the loop
 
     # -- fedanchors.loop.Trainer ---------------------------------------------------------
     def setup(self) -> None:
         pass
 
     def train(self, t: int) -> dict[str, float]:
-        """Epoch ``t``: the step means of the objective's terms."""
+        """Epoch ``t``: the step means of the objective's terms (analysed first when due)."""
+        record = self.analyse(t) if dynamics.due(self.cfg, t) else None
         sums: dict[str, float] = {}
         steps = self.epoch_batches()
         for idx in steps:
@@ -101,7 +104,85 @@ class CentralizedTrainer:
         if self.barycenter and self.cfg.anchors.lambda_fit > 0:
             out["anchor_fit"] = self.barycenter_step(t)
         self.check_model(f"epoch {t}")
+        if record is not None:
+            if "_losses" in record:  # the change of each group's loss over the epoch just trained
+                after = self.group_losses(self.analysis_batches())
+                for i, n in enumerate(self.data.names):
+                    record[f"obs_epoch_change:{n}"] = float(after[i] - record["_losses"][i])
+                del record["_losses"]
+            self.analysis_out.append(record)
         return out
+
+    # -- system 3's analyses (fedanchors.dynamics) -----------------------------------------
+    def analysis_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per group, the full batch the analyses use: its training split, or its first
+        ``analysis.max_examples`` in a fixed seeded order."""
+        out, m = [], self.cfg.analysis.max_examples
+        for g, (x, y) in enumerate(zip(self.train_x, self.train_y)):
+            idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(stable_seed(self.cfg.seed, "an", g)))
+            idx = idx[:m] if m else idx
+            out.append((x[idx.to(x.device)], y[idx.to(y.device)]))
+        return out
+
+    def _encoders(self) -> list[nn.Module]:
+        return [self.model.encoders[g.space] for g in self.data.groups]
+
+    @torch.no_grad()
+    def group_losses(self, batches) -> torch.Tensor:
+        was = self.model.training
+        self.model.eval()
+        m = self.model
+        out = [
+            float(class_loss(m.head(e(x)), y, self.cfg.loss, self.logp)) for e, (x, y) in zip(self._encoders(), batches)
+        ]
+        self.model.train(was)
+        return torch.tensor(out, dtype=torch.float64)
+
+    def analyse(self, t: int) -> dict:
+        """The configured analyses on the model entering epoch ``t`` (eval mode: no dropout)."""
+        a, cfg, names = self.cfg.analysis, self.cfg, self.data.names
+        batches, encs, head = self.analysis_batches(), self._encoders(), self.model.head
+        was = self.model.training
+        self.model.eval()
+        rec: dict = {"epoch": t}
+        try:
+            if a.gradient_basis or a.gap_dynamics:
+                G, losses, params = dynamics.group_gradients(encs, head, batches, cfg.loss, self.logp)
+                shared = dynamics.shared_mask(params, head, encs)
+                if a.gradient_basis:
+                    rec |= dynamics.basis(G, shared, names)
+                if a.gap_dynamics:
+                    sizes = torch.tensor([len(g.train) for g in self.data.groups])
+                    p = self.method.weights(sizes, losses, t - 1).double()
+                    lr = a.probe_lr or cfg.optim.lr
+                    new = dynamics.probe_step(encs, head, batches, G, params, p, lr, cfg.loss, self.logp)
+                    pred = dynamics.rates(G @ G.T, p)
+                    rec |= dynamics.gap_terms(names, losses, pred, (new - losses) / lr, p)
+                    rec["_losses"] = losses
+            if a.static_dynamic:
+                rec |= self.static_dynamic()
+            if a.jacobian:
+                gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "jacobian", t))
+                for n, e, (x, _) in zip(names, encs, batches):
+                    x = x[: a.jacobian_examples]
+                    rec[f"jac_enc:{n}"] = dynamics.jacobian_norm(e, x, a.projections, gen)
+                    with torch.no_grad():
+                        z = e(x)
+                    rec[f"jac_head:{n}"] = dynamics.jacobian_norm(head, z, a.projections, gen)
+        finally:
+            self.model.train(was)
+        return rec
+
+    def static_dynamic(self) -> dict[str, float]:
+        """Validation accuracy gap of the model and of a group-balanced probe on its frozen codes."""
+        names = self.data.names
+        model = {n: self.metrics("val")[f"acc_group:{n}"] for n in names}
+        z_tr, y_tr, g_tr = self.codes("train")
+        z_va, y_va, g_va = self.codes("val")
+        seed = stable_seed(self.cfg.seed, "static-probe")
+        probe = dynamics.probe_accuracies(z_tr, y_tr, g_tr, z_va, y_va, g_va, self.cfg.analysis.probe_C,
+                                          self.data.num_classes, seed, names)  # fmt: skip
+        return dynamics.decomposition(model, probe)
 
     def barycenter_step(self, t: int) -> float:
         """``anchors.update: barycenter``: one W2-barycenter step of the anchors toward the

@@ -242,6 +242,22 @@ class DFRConfig:
     samples_per_group: int = 1000  # codes drawn per group from the class Gaussians (federated)
 
 
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """System 3's analyses (fedanchors.dynamics), each on or off, at chosen epochs / rounds."""
+
+    gradient_basis: bool = False
+    gap_dynamics: bool = False
+    static_dynamic: bool = False
+    jacobian: bool = False
+    at: tuple[int, ...] = ()  # epochs (rounds) analysed, e.g. [1, 10, 100]; empty: every one
+    max_examples: int = 2048  # per group, for the full-batch gradients and losses (0: all)
+    probe_lr: float = 0.0  # centralized probe step's size (0: optim.lr)
+    projections: int = 8  # random projections per Jacobian estimate
+    jacobian_examples: int = 256  # per group
+    probe_C: float = 1.0  # inverse L1 strength of the static part's group-balanced probe
+
+
 def anchors_used(cfg) -> bool:
     """Whether the run uses the anchors at all (a fit, a separation, or DFR's draws from the
     class moments); when not, clients send no class moments and the server no anchors."""
@@ -276,6 +292,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     dfr: DFRConfig = field(default_factory=DFRConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -48,6 +48,8 @@ def validate(cfg: Config) -> None:
         "optim.grad_clip": cfg.optim.grad_clip,
         "optim.patience": cfg.optim.patience,
         "loss.tau": cfg.loss.tau,
+        "analysis.max_examples": cfg.analysis.max_examples,
+        "analysis.probe_lr": cfg.analysis.probe_lr,
     }
     for key, v in nonneg.items():
         if v < 0:
@@ -55,6 +57,11 @@ def validate(cfg: Config) -> None:
     for key, v in {**positive, **nonneg}.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{key} must be a finite number, got {v}")
+    a = cfg.analysis
+    if a.projections < 1 or a.jacobian_examples < 1 or not a.probe_C > 0:
+        raise ConfigError("analysis.projections and analysis.jacobian_examples must be >= 1, analysis.probe_C > 0")
+    if any(t < 1 for t in a.at):
+        raise ConfigError(f"analysis.at lists epochs (rounds) from 1, got {list(a.at)}")
     if not 0 <= cfg.data.gating_fraction < 1:
         raise ConfigError(f"data.gating_fraction must be in [0, 1), got {cfg.data.gating_fraction}")
     if cfg.federated.fault_partition < -1:

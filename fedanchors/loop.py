@@ -18,6 +18,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
+from fedanchors.dynamics import AnalysisLog
 from fedanchors.errors import RunFailed
 from fedanchors.metric_keys import METRICS_VERSION
 from fedanchors.resume import LOOP_KEYS, Interrupted, StopFlag, load, save_atomic, truncate_metrics
@@ -85,6 +86,7 @@ def run_loop(
     """
     t0, unit = time.time(), tr.unit
     tr.setup()
+    analysis = AnalysisLog(run.path if run is not None else None)
     best, best_t, best_test, start, elapsed, stopped = -1.0, 0, None, 1, 0.0, False
     best_memory = None  # the best model when there is no run directory
     if resume:
@@ -94,6 +96,7 @@ def run_loop(
         best, best_t, best_test = state["best"], state["best_t"], state.get("best_test")
         elapsed, stopped, start = state["elapsed"], state["stopped"], state[unit] + 1
         truncate_metrics(run.path, unit, state[unit])
+        analysis.truncate(unit, state[unit])
     bar = tqdm(
         total=tr.total,
         initial=start - 1,
@@ -110,6 +113,9 @@ def run_loop(
                 t -= 1
                 break
             record = {unit: t, **tr.train(t)}
+            if getattr(tr, "analysis_out", None):  # system 3's analyses (fedanchors.dynamics)
+                analysis.write(tr.analysis_out)
+                tr.analysis_out.clear()
             if evaluated(t, tr.total, tr.eval_every):
                 out = tr.evaluate(splits)
                 record.update({**out["val"], **tr.extras()})

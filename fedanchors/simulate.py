@@ -171,6 +171,7 @@ def _federated(cfg: Config):
 
 
 def _execute(cfg: Config, data, run_dir, federated, resume: bool) -> dict:
+    from fedanchors.dynamics import plot_analysis
     from fedanchors.plots import plot_run
     from fedanchors.samples import save_group_samples
     from fedanchors.tracking import build_trackers
@@ -188,6 +189,7 @@ def _execute(cfg: Config, data, run_dir, federated, resume: bool) -> dict:
             summary = run_centralized(cfg, data, run_dir, resume=resume)
         summary["run_dir"] = str(run_dir.path)
         plot_run(run_dir.path)
+        plot_analysis(run_dir.path)
         images = {p.stem: p for p in sorted(run_dir.path.glob("*.png"))}
     finally:
         last = summary.get("epochs_run", summary.get("rounds_run", 0)) if images else 0

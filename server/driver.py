@@ -68,6 +68,11 @@ class FederatedTrainer:
     def setup(self) -> None:
         self.server.discover(self.grid)
 
+    @property
+    def analysis_out(self) -> list[dict]:
+        """System 3's finished analysis records (the loop writes and clears them)."""
+        return self.server.analysis.out if self.server.analysis is not None else []
+
     def train(self, t: int) -> dict[str, float]:
         self.rnd = t
         replies = self.grid.send_and_receive(self.server.configure_train(t), timeout=self.timeout)

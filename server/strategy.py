@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
+from fedanchors import dynamics
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
 from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
@@ -31,6 +32,7 @@ from fedanchors.moments import pool_moments
 from fedanchors.population import drop_out, held_out, sample_clients, split_weights
 from fedanchors.resume import global_rng_state, set_global_rng_state
 from fedanchors.server_opt import build_server_optimizer
+from server.analysis import RoundAnalysis
 
 log = logging.getLogger("fedanchors.server")
 
@@ -79,6 +81,8 @@ class FedAnchors:
         self.bytes_sent = self.bytes_received = 0
         self.round_bytes = [0, 0]
         self.last_stats: dict[str, torch.Tensor] | None = None  # the last round's class statistics
+        self.analysis: RoundAnalysis | None = None  # system 3's analyses (server/analysis.py)
+        self.scales: dict[int, float] = {}  # this round's encoder gradient scale per partition
 
     # -- setup ------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
@@ -136,6 +140,9 @@ class FedAnchors:
         self.missing = [0] * len(self.names)  # per group
         self.method = build_method(self.cfg.method, self.names)
         self.log_prior = self._log_prior()
+        a = self.cfg.analysis
+        on = a.gradient_basis or a.gap_dynamics or a.static_dynamic or a.jacobian
+        self.analysis = RoundAnalysis(self.cfg, self.names) if on else None
         spaces = [i["space"] for i in self.info]
         for i in self.info:
             sharing = self.cfg.federated.encoder_sharing == "space"
@@ -248,7 +255,10 @@ class FedAnchors:
         private = self.cfg.federated.encoder_sharing == "client"
         scale = self.weights.tolist() if private else space_weights(spaces, self.weights)
         shared = [s in self.encoders for s in spaces]
+        self.scales = dict(enumerate(scale))
         config = {"encoder_scale": scale, "encoder_shared": shared}
+        if self.cfg.analysis.jacobian and dynamics.due(self.cfg, rnd):
+            config["analysis_jacobian"] = True
         if self.log_prior is not None:
             config["log_prior"] = [self.log_prior] * len(self.info)
         return self._messages(MessageType.TRAIN, rnd, config, self.sampled)
@@ -285,6 +295,11 @@ class FedAnchors:
                 f"round {rnd}: the groups that answered ({', '.join(self.names[g] for g in answered)}) all have "
                 f"weight 0 under method {self.cfg.method.name}; no update is possible"
             )
+        if self.analysis is not None:  # system 3's analyses, on the model the round started from
+            sd = (
+                self._group_stats(ok, answered) if anchors_used(self.cfg) and self.cfg.analysis.static_dynamic else None
+            )
+            self.analysis.observe(rnd, self, ok, losses, self.scales, sd)
         cw = self.client_weights(self.group_weights, pids)  # w_g split over the answering clients
         w = [cw[p] for p in pids]
         for p in pids:
