@@ -98,7 +98,11 @@ def make_gate_client_app(cfg: GatingConfig, runs: list[str]) -> ClientApp:
         feats, post, y = _blocks(runs, pid, _heads(rec, E))[str(conf["split"])]
         net = core.build_gate(cfg, E)
         net.load_state_dict(unpack(rec, "gate."))
-        st = core.count_stats(post, core.route(net, feats, float(conf["temperature"])), y, post.shape[-1])
+        if conf.get("uniform"):  # the plain average of the experts (the reference without a gate)
+            w = torch.full(post.shape[:2], 1.0 / post.shape[1])
+        else:
+            w = core.route(net, feats, float(conf["temperature"]))
+        st = core.count_stats(post, w, y, post.shape[-1])
         arrays = pack_arrays(**{k: v.numpy() for k, v in st.items()})
         return Message(RecordDict({"stats": arrays, "metrics": MetricRecord({"partition": pid})}), reply_to=msg)
 

@@ -110,8 +110,9 @@ class FederatedGate:
         out = {k: float(sum(wi * m[k] for wi, m in zip(w.tolist(), metrics))) for k in keys}
         return out | {f"q:{g}": float(q) for g, q in zip(self.groups, self.method.q)}
 
-    def counts(self, split: str, temperature: float) -> dict[str, torch.Tensor]:
-        replies = self._send(MessageType.EVALUATE, {"split": split, "temperature": temperature})
+    def counts(self, split: str, temperature: float, uniform: bool = False) -> dict[str, torch.Tensor]:
+        conf = {"split": split, "temperature": temperature, "uniform": uniform}
+        replies = self._send(MessageType.EVALUATE, conf)
         out = None
         for _, r in replies:
             out = core.add_stats(out, {k: torch.from_numpy(v) for k, v in unpack_arrays(r.content["stats"]).items()})

@@ -195,7 +195,7 @@ class _Scripted:
             "eff": two,
         }
 
-    def counts(self, split, temperature):
+    def counts(self, split, temperature, uniform=False):
         if split == "val":
             return self._stats(self.val_bal[self.epoch])
         return self._stats(self.test_bal[self.loaded])
@@ -277,6 +277,7 @@ def test_gate_over_real_expert_runs(tmp_path, shared_data):
         assert out["test_oracle_balanced_acc"] >= out[f"test_expert:{name}:balanced_acc"]
     assert out["test_balanced_acc"] == pytest.approx((out["test_head_acc"] + out["test_tail_acc"]) / 2)
     assert 1.0 <= out["test_effective_experts"] <= 2.0
+    assert 0.0 < out["test_average_balanced_acc"] <= out["test_oracle_balanced_acc"]
     assert sum(out[f"test_load:{n}"] for n in ("ce", "bs")) == pytest.approx(1.0)
     hist = json.loads((run / "history.json").read_text())
     assert len(hist) == 4 and out["best_epoch"] == 1 + max(range(4), key=lambda i: hist[i]["val_balanced_acc"])

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(e, "exit_code", 2)
     keys = ["best_epoch", "val_balanced_acc", "test_balanced_acc", "test_head_acc", "test_tail_acc"]
     keys += [k for k in summary if k.startswith("test_expert:") and k.endswith("balanced_acc")]
-    keys += ["test_oracle_balanced_acc", "run_dir"]
+    keys += ["test_average_balanced_acc", "test_oracle_balanced_acc", "run_dir"]
     print(json.dumps(_jsonable({k: summary[k] for k in keys if k in summary}), indent=2))
     return 0
 

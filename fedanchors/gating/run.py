@@ -71,9 +71,11 @@ class CentralGate:
         return core.train_epoch(self.net, self.opt, feats, post, y, c, self.cw, self.head_of_class, self.priors,
                                 temperature, self.gen)  # fmt: skip
 
-    def counts(self, split: str, temperature: float) -> dict[str, torch.Tensor]:
+    def counts(self, split: str, temperature: float, uniform: bool = False) -> dict[str, torch.Tensor]:
+        """The split's counts under the gate (``uniform``: the plain average of the experts)."""
         feats, post, y = self.blocks[split]
-        return core.count_stats(post, core.route(self.net, feats, temperature), y, self.C)
+        w = torch.full(post.shape[:2], 1.0 / post.shape[1]) if uniform else core.route(self.net, feats, temperature)
+        return core.count_stats(post, w, y, self.C)
 
     def state(self) -> dict:
         return copy.deepcopy(self.net.state_dict())
@@ -104,10 +106,11 @@ def gate_loop(trainer, cfg: GatingConfig, head: torch.Tensor, names: list[str], 
     trainer.load(best_state)
     torch.save(best_state, out / "best_gate.pt")
     test = core.metrics(trainer.counts("test", best_t), head, names)
+    mean = core.metrics(trainer.counts("test", best_t, uniform=True), head, names)  # reference: no gate
     (out / "history.json").write_text(json.dumps(_jsonable(history), indent=1) + "\n")
-    return {"best_epoch": best + 1, "temperature": best_t, "val_balanced_acc": history[best]["val_balanced_acc"]} | {
-        f"test_{k}": v for k, v in test.items()
-    }
+    summary = {"best_epoch": best + 1, "temperature": best_t, "val_balanced_acc": history[best]["val_balanced_acc"]}
+    summary |= {f"test_{k}": v for k, v in test.items()}
+    return summary | {f"test_average_{k}": mean[k] for k in ("acc", "head_acc", "tail_acc", "balanced_acc")}
 
 
 def run_gate(cfg: GatingConfig) -> dict:
