@@ -17,7 +17,7 @@ from fedanchors.aggregate import barycenter_step
 from fedanchors.analysis import anchor_w2, chunks, cross_group_w2, group_class_gaussians
 from fedanchors.config import Config, anchor_update
 from fedanchors.data import ScenarioData
-from fedanchors.dfr import linear_head, select_and_fit
+from fedanchors.dfr import layer_view, linear_head, select_and_fit
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.loop import run_loop
 from fedanchors.losses import anchor_fit_objective, class_loss, log_prior
@@ -63,6 +63,10 @@ class CentralizedTrainer:
 
     def __init__(self, cfg: Config, data: ScenarioData, device: torch.device | None = None) -> None:
         seed_everything(cfg.seed, cfg.deterministic)
+        if cfg.dfr.enabled and cfg.dfr.val == "split_from_train":  # DFR's examples never train the model
+            from fedanchors.data import carve_gating
+
+            data = carve_gating(data, cfg.dfr.val_ratio, cfg.data.split_seed)
         self.cfg, self.data = cfg, data
         self.device = device or resolve_device(cfg.device)
         self.model = CentralModel(cfg, data).to(self.device)
@@ -319,22 +323,30 @@ class CentralizedTrainer:
         return group_metrics(encoders, head or self.model.head, self.data, split, self.device)
 
     @torch.no_grad()
-    def codes(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Latent codes, labels and group indices of every group's ``split`` (encoders in eval mode)."""
+    def codes(self, split: str, layer: str = "last_hidden") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Codes (``layer``: the latent code or an encoder layer's output), labels and group
+        indices of every group's ``split`` (encoders in eval mode)."""
         zs, ys, gs = [], [], []
         for k, g in enumerate(self.data.groups):
             part = getattr(g, split)
-            zs += [z for _, z in chunks(self.model.encoders[g.space], part.x, self.device)]
+            zs += [z for _, z in chunks(layer_view(self.model.encoders[g.space], layer), part.x, self.device)]
             ys.append(part.y)
             gs.append(torch.full((len(part),), k))
         return torch.cat(zs).double().numpy(), torch.cat(ys).numpy(), torch.cat(gs).numpy()
 
     def dfr(self) -> dict:
-        """DFR on the validation codes; test metrics of the new head as ``dfr_test_*``."""
-        z, y, g = self.codes("val")
+        """DFR on ``dfr.layer``'s features of the validation split (``dfr.val: original``) or of
+        the held-out share of train (``split_from_train``); the new head's test metrics as
+        ``dfr_test_*``."""
+        d = self.cfg.dfr
+        from fedanchors.simulate import check_dfr_layer
+
+        check_dfr_layer(self.cfg, self.data)
+        z, y, g = self.codes("val" if d.val == "original" else "gating", d.layer)
         seed = stable_seed(self.cfg.seed, "dfr")
-        C, scores, W, b = select_and_fit(z, y, g, self.cfg.dfr, self.data.num_classes, seed)
-        test = self.metrics("test", linear_head(W, b).to(self.device))
+        C, scores, W, b = select_and_fit(z, y, g, d, self.data.num_classes, seed)
+        encoders = [layer_view(self.model.encoders[grp.space], d.layer) for grp in self.data.groups]
+        test = group_metrics(encoders, linear_head(W, b).to(self.device), self.data, "test", self.device)
         return {"dfr_C": C, **{f"dfr_val_wg:C={c}": v for c, v in scores.items()}} | {
             f"dfr_test_{k}": v for k, v in test.items()
         }

@@ -54,6 +54,7 @@ class EncoderConfig:
     kind: str = "cnn"
     channels: tuple[int, ...] = (32, 64)
     hidden: int = 256
+    layers: int = 2  # mlp: hidden layers of width ``hidden`` before the latent layer
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class ModelConfig:
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # per-space overrides
     head: str = "linear"
     head_hidden: int = 128
+    # default: PyTorch's initialisation; ntp / mup: the MLP (mlp encoder + head) in the neural
+    # tangent or maximal-update parameterisation (fedanchors.parametrization)
+    init: str = "default"
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class LossConfig:
     training class frequency: centralized from the data, federated from the clients' class
     counts. Prediction always takes the raw logits."""
 
-    name: str = "ce"
+    name: str = "ce"  # ce (the logistic loss) | logit_adjust | balanced_softmax | mse
     tau: float = 1.0
 
 
@@ -140,6 +144,21 @@ class OptimConfig:
     # fixed-ratio mixed batches, e.g. {confounded: 60, corrected: 4}: each step takes this many
     # examples of each group (every group named); a federated client uses its entry as its batch
     group_batch: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """A frozen feature extractor in front of the classifier (fedanchors.data.features)."""
+
+    backbone: str = ""  # "": off | resnet18 | resnet50 | vit_b_16 | dinov2_vit{s,b,l,g}14 | from_run
+    layer: str = "avgpool"  # resnet: layer3 | layer4 | avgpool
+    block: int = -1  # vit / dinov2: the block whose tokens are pooled (-1: the last)
+    pool: str = "cls_token"  # vit / dinov2: cls_token | mean_pool_patch | mean_pool_all
+    weights: str = ""  # a saved state dict of the backbone ("" : its seeded random initialisation)
+    from_run: str = ""  # backbone from_run: a fedanchors run whose encoders give the features
+    image_size: int = 0  # resize images to this side first (0: as they are; vit_b_16 needs 224)
+    batch_size: int = 256
+    cache: str = ".cache/features"  # computed once per data config and backbone, then read back
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,7 @@ class DataConfig:
     # > 0: this share of each group's training split, per class (seeded), is held out as the
     # ``gating`` split (system 4: experts train on the rest, a gate on it; fedanchors.gating)
     gating_fraction: float = 0.0
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -240,6 +260,13 @@ class DFRConfig:
     Cs: tuple[float, ...] = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # inverse L1 strengths tried
     subsets: int = 10  # balanced subsamples averaged (centralized)
     samples_per_group: int = 1000  # codes drawn per group from the class Gaussians (federated)
+    # which features the new last layer reads: last_hidden (the latent code, the head's input)
+    # or layer_k (the output of the encoder's k-th ReLU, k from 1); centralized only for layer_k
+    layer: str = "last_hidden"
+    # where its group-balanced examples come from: original (the validation split) or
+    # split_from_train (val_ratio of each class of the training split, held out of training)
+    val: str = "original"
+    val_ratio: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -301,7 +328,9 @@ _CHOICES = {
     "method.update": ("exp", "softmax", "exp_smooth"),
     "method.objective": ("weighted", "max", "logsumexp"),
     "optim.name": ("adam", "sgd"),
-    "loss.name": ("ce", "logit_adjust", "balanced_softmax"),
+    "loss.name": ("ce", "logit_adjust", "balanced_softmax", "mse"),
+    "model.init": ("default", "ntp", "mup"),
+    "dfr.val": ("original", "split_from_train"),
     "federated.class_stats": ("running", "exact"),
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),

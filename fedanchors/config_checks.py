@@ -100,6 +100,21 @@ def validate(cfg: Config) -> None:
             "anchors.fit: prototype fits class means only; set anchors.covariance: none (the prototypes are means)"
         )
     if cfg.dfr.enabled:
+        import re
+
+        if not re.fullmatch(r"last_hidden|layer_[1-9][0-9]*", cfg.dfr.layer):
+            raise ConfigError(f"dfr.layer: {cfg.dfr.layer!r} is not last_hidden or layer_<k> (k >= 1)")
+        if cfg.mode == "federated" and (cfg.dfr.layer != "last_hidden" or cfg.dfr.val != "original"):
+            raise ConfigError(
+                "federated DFR fits on draws from the clients' class Gaussians of the latent code: it takes "
+                "dfr.layer: last_hidden and dfr.val: original"
+            )
+        if cfg.dfr.val == "split_from_train" and not 0 < cfg.dfr.val_ratio < 1:
+            raise ConfigError(f"dfr.val_ratio must be in (0, 1), got {cfg.dfr.val_ratio}")
+        if cfg.dfr.val == "split_from_train" and cfg.data.gating_fraction > 0:
+            raise ConfigError(
+                "dfr.val: split_from_train and data.gating_fraction both hold training data out; pick one"
+            )
         if not cfg.dfr.Cs or min(cfg.dfr.Cs) <= 0 or cfg.dfr.subsets < 1 or cfg.dfr.samples_per_group < 2:
             raise ConfigError("dfr: Cs must be non-empty and > 0, subsets >= 1, samples_per_group >= 2")
         if cfg.mode == "federated" and cfg.model.head != "linear":

@@ -22,6 +22,44 @@ from torch import nn
 from fedanchors.config import DFRConfig
 
 
+class LayerView(nn.Module):
+    """An encoder read at the output of its k-th ReLU (``dfr.layer: layer_k``), flattened."""
+
+    def __init__(self, encoder: nn.Module, k: int) -> None:
+        super().__init__()
+        relus = [m for m in encoder.modules() if isinstance(m, nn.ReLU)]
+        if not 1 <= k <= len(relus):
+            from fedanchors.errors import ConfigError
+
+            raise ConfigError(f"dfr.layer: layer_{k}, but the encoder has {len(relus)} ReLU layers (layer_1..)")
+        self.encoder, self.relu = encoder, relus[k - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        got: list[torch.Tensor] = []
+
+        def grab(module, inputs, output):
+            got.append(output)
+            raise _Stop
+
+        handle = self.relu.register_forward_hook(grab)
+        try:
+            self.encoder(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return got[0].flatten(1)
+
+
+class _Stop(Exception):
+    """Ends the forward pass once the layer is read."""
+
+
+def layer_view(encoder: nn.Module, layer: str) -> nn.Module:
+    """The module whose output DFR reads: the encoder (last_hidden) or its k-th ReLU's output."""
+    return encoder if layer == "last_hidden" else LayerView(encoder, int(layer.split("_")[1]))
+
+
 def balanced_indices(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Every group subsampled to the size of the smallest one."""
     present = np.unique(groups)

@@ -40,9 +40,16 @@ def balanced_softmax_loss(logits: torch.Tensor, y: torch.Tensor, logp: torch.Ten
     return F.cross_entropy(logits + logp.to(logits), y)
 
 
+@CLASS_LOSSES.register("mse")
+def mse_loss(logits: torch.Tensor, y: torch.Tensor, logp: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """Squared loss on one-hot targets: mean over examples of 1/2 ||f(x) - e_y||^2 (the loss of
+    the gradient-flow analyses' linearised theory; prediction still takes the argmax)."""
+    return 0.5 * (logits - F.one_hot(y, logits.shape[1]).to(logits)).pow(2).sum(1).mean()
+
+
 def class_loss(logits: torch.Tensor, y: torch.Tensor, cfg, logp: torch.Tensor | None) -> torch.Tensor:
     """The configured classification loss (``cfg``: a LossConfig) of logits (B, C) and labels."""
-    if cfg.name != "ce" and logp is None:
+    if cfg.name in ("logit_adjust", "balanced_softmax") and logp is None:
         raise ValueError(f"loss.name={cfg.name} needs the training class prior")
     return CLASS_LOSSES.get(cfg.name, "loss.name")(logits, y, logp, cfg.tau)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from fedanchors.anchors import AnchorModule
 from fedanchors.config import EncoderConfig, ModelConfig
+from fedanchors.parametrization import reparametrize
 from fedanchors.registry import Registry
 
 ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
@@ -35,16 +36,13 @@ def cnn(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig, meta: dict 
 
 @ENCODERS.register("mlp")
 def mlp(shape: tuple[int, ...], latent_dim: int, cfg: EncoderConfig, meta: dict | None = None) -> nn.Module:
-    """Two hidden layers on the flattened input."""
+    """``layers`` hidden layers of width ``hidden`` (ReLU) on the flattened input, then the latent layer."""
     n = int(torch.tensor(shape).prod())
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(n, cfg.hidden),
-        nn.ReLU(),
-        nn.Linear(cfg.hidden, cfg.hidden),
-        nn.ReLU(),
-        nn.Linear(cfg.hidden, latent_dim),
-    )
+    mods: list[nn.Module] = [nn.Flatten()]
+    for i in range(cfg.layers):
+        mods += [nn.Linear(n if i == 0 else cfg.hidden, cfg.hidden), nn.ReLU()]
+    mods.append(nn.Linear(cfg.hidden if cfg.layers else n, latent_dim))
+    return nn.Sequential(*mods)
 
 
 @ENCODERS.register("resnet18")
@@ -92,13 +90,15 @@ def build_encoder(
     """
     enc = cfg.encoders.get(space, cfg.encoder)
     builder = ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")
-    return _seeded(stable_seed(seed, "encoder", space), lambda: builder(tuple(shape), cfg.latent_dim, enc, meta))
+    module = _seeded(stable_seed(seed, "encoder", space), lambda: builder(tuple(shape), cfg.latent_dim, enc, meta))
+    return module if cfg.init == "default" else reparametrize(module, cfg.init, "encoder", stable_seed(seed, space))
 
 
 def build_head(cfg: ModelConfig, num_classes: int, seed: int) -> nn.Module:
     """The shared classification head."""
     builder = HEADS.get(cfg.head, "model.head")
-    return _seeded(stable_seed(seed, "head"), lambda: builder(cfg.latent_dim, num_classes, cfg.head_hidden))
+    module = _seeded(stable_seed(seed, "head"), lambda: builder(cfg.latent_dim, num_classes, cfg.head_hidden))
+    return module if cfg.init == "default" else reparametrize(module, cfg.init, "head", stable_seed(seed, "head"))
 
 
 def build_anchors(

@@ -87,7 +87,12 @@ def build_scenario(cfg) -> ScenarioData:
             check_labels(getattr(g, split).y, data.num_classes, f"scenario {name}, group {g.name} ({split})")
     if cfg.gating_fraction > 0:
         data = carve_gating(data, cfg.gating_fraction, cfg.split_seed)
-    return to_common_input(data) if cfg.common_input else data
+    data = to_common_input(data) if cfg.common_input else data
+    if cfg.features.backbone:
+        from fedanchors.data.features import with_features
+
+        data = with_features(data, cfg)
+    return data
 
 
 def carve_gating(data: ScenarioData, fraction: float, seed: int) -> ScenarioData:
