@@ -19,6 +19,13 @@ def test_shipped_configs_load():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg = load_config(path)
         assert isinstance(cfg, Config) and cfg.name
+    from fedanchors.gating.config import load_gating_config
+
+    for path in sorted((REPO / "configs" / "gating").glob("*.yaml")):  # the gate's own configs
+        gate = load_gating_config(str(path))
+        assert gate.name and len(gate.experts) == 3
+        for e in gate.experts:  # each expert's training config loads too
+            assert load_config(REPO / e.config, list(e.set)).data.gating_fraction == 0.1
 
 
 def test_unknown_key_suggests_close_match():

@@ -245,7 +245,7 @@ def test_gate_config_errors_are_one_line(tmp_path):
         load_config(None, ["data.gating_fraction=1.5"])
     with pytest.raises(Exception, match="loss.name"):
         load_config(None, ["loss.name=focal"])
-    assert load_gating_config("configs/gating_mnist_lt.yaml").experts[1].name == "logit_adjust"
+    assert load_gating_config("configs/gating/mnist_lt.yaml").experts[1].name == "logit_adjust"
 
 
 # -- end to end on long-tailed MNIST -------------------------------------------------------

@@ -121,6 +121,11 @@ def test_features_from_an_earlier_run(tmp_path):
         assert g.shape == (first.model.latent_dim,)
         with torch.no_grad():
             assert torch.allclose(g.val.x, enc.eval()(r.val.x), atol=1e-5)
+    from fedanchors.centralized import CentralizedTrainer
+
+    mlp = replace(cfg, ["model.encoder.kind=mlp", "model.encoder.hidden=32", "model.init=mup", "loss.name=mse"])
+    tr = CentralizedTrainer(mlp, data)  # an MLP (muP, squared loss) on the earlier run's codes
+    assert math.isfinite(tr.train(1)["loss"]) and 0 <= tr.metrics("val")["acc_wg"] <= 1
 
 
 def test_dfr_on_an_inner_layer_and_split_from_train(tmp_path):

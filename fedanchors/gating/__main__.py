@@ -1,4 +1,4 @@
-"""``python -m fedanchors.gating --config configs/gating_<x>.yaml [--set k=v ...]``."""
+"""``python -m fedanchors.gating --config configs/gating/<x>.yaml [--set k=v ...]``."""
 
 from __future__ import annotations
 

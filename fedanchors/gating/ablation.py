@@ -1,4 +1,4 @@
-"""``python -m fedanchors.gating.ablation --config configs/gating_<x>.yaml [--seeds 0 1 2]``
+"""``python -m fedanchors.gating.ablation --config configs/gating/<x>.yaml [--seeds 0 1 2]``
 
 The gate's ablation over the same expert runs: the full objective (dense routing), each
 loss switched off in turn, and top-k routing with and without load balancing; every row is

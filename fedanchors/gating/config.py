@@ -1,4 +1,4 @@
-"""The gate's typed config (``python -m fedanchors.gating --config configs/gating_<x>.yaml``)."""
+"""The gate's typed config (``python -m fedanchors.gating --config configs/gating/<x>.yaml``)."""
 
 from __future__ import annotations
 
