@@ -234,17 +234,23 @@ def plot_analysis(run: Path) -> Path | None:
     keys = {t: sorted({k for r in recs for k in r if k.startswith(pre) or (pre == "_gap" and k in
                        ("static_gap", "dynamic_gap", "model_gap"))}) for t, pre in panels}  # fmt: skip
     panels = [(t, pre) for t, pre in panels if keys[t]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5), squeeze=False)
-    for ax, (title, pre) in zip(axes[0], panels):
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, pre) in zip(axes.flat, panels):
         for k in keys[title]:
             ys = [r.get(k) for r in recs]
-            line = ax.plot(x, [np.nan if v is None else v for v in ys], marker=".", label=k.split(":", 1)[-1])[0]
+            label = k.replace("jac_", "") if k.startswith("jac_") else k.split(":", 1)[-1]
+            line = ax.plot(x, [np.nan if v is None else v for v in ys], marker=".", label=label)[0]
             if pre == "pred_rate:":
                 obs = [r.get("obs_rate:" + k.split(":", 1)[1]) for r in recs]
                 ax.plot(x, [np.nan if v is None else v for v in obs], "--", color=line.get_color())
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(unit)
         ax.legend(fontsize=6)
+    fig.suptitle(f"{Path(run).name}: system 3's analyses", fontsize=10)
     fig.tight_layout()
     out = Path(run) / "analysis.png"
     fig.savefig(out, dpi=110)
