@@ -153,3 +153,22 @@ def test_dfr_on_an_inner_layer_and_split_from_train(tmp_path):
         load_config(None, ["dfr.enabled=true", "dfr.layer=block2"])
     with pytest.raises(ConfigError, match="federated DFR"):
         load_config(None, ["mode=federated", "dfr.enabled=true", "dfr.layer=layer_1"])
+
+
+def test_vit_features_read_the_chosen_block():
+    """ViT-B/16's last block with the class token is what torchvision feeds its head; an earlier
+    block and the mean pools give other vectors of the same width."""
+    from fedanchors.data.features import ViTFeatures
+
+    torch.manual_seed(0)
+    net = torchvision.models.vit_b_16(weights=None).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        net.heads = torch.nn.Identity()
+        want = net(x)
+        got = ViTFeatures(net, -1, "cls_token")(x)
+        early = ViTFeatures(net, 3, "mean_pool_patch")(x)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert early.shape == (2, 768) and not torch.allclose(early, got, atol=1e-2)
+    with pytest.raises(ConfigError, match="block"):
+        ViTFeatures(net, 12, "cls_token")
