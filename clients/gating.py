@@ -30,9 +30,9 @@ def _blocks(runs: list[str], pid: int, heads: list[dict]) -> dict:
 
         logits: dict[str, list[torch.Tensor]] = {"gating": [], "val": [], "test": []}
         ys = {}
+        data = build_scenario(expert_config(Path(runs[0])).data)  # the experts share their data (checked)
         for run, head_sd in zip(runs, heads):
             ecfg = expert_config(Path(run))
-            data = build_scenario(ecfg.data)
             encoders, _ = group_models(Path(run), ecfg, data, torch.device("cpu"))
             head = build_head(ecfg.model, data.num_classes, ecfg.seed)
             head.load_state_dict(head_sd)  # the server's copy of this expert's head

@@ -196,7 +196,7 @@ def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: Clien
 
 def _log_prior(conf) -> torch.Tensor | None:
     """The global log class prior the server sends for the long-tail losses (None: not sent)."""
-    v = conf.get("log_prior") if hasattr(conf, "get") else None
+    v = conf.get("log_prior")
     return torch.tensor(list(v), dtype=torch.float32) if v is not None else None
 
 

@@ -17,7 +17,7 @@ from fedanchors.aggregate import barycenter_step
 from fedanchors.analysis import anchor_w2, chunks, cross_group_w2, group_class_gaussians
 from fedanchors.config import Config, anchor_update
 from fedanchors.data import ScenarioData
-from fedanchors.dfr import layer_view, linear_head, select_and_fit
+from fedanchors.dfr import check_dfr_layer, layer_view, linear_head, select_and_fit
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.loop import run_loop
 from fedanchors.losses import anchor_fit_objective, class_loss, log_prior
@@ -180,7 +180,8 @@ class CentralizedTrainer:
     def static_dynamic(self) -> dict[str, float]:
         """Validation accuracy gap of the model and of a group-balanced probe on its frozen codes."""
         names = self.data.names
-        model = {n: self.metrics("val")[f"acc_group:{n}"] for n in names}
+        val = self.metrics("val")
+        model = {n: val[f"acc_group:{n}"] for n in names}
         z_tr, y_tr, g_tr = self.codes("train")
         z_va, y_va, g_va = self.codes("val")
         seed = stable_seed(self.cfg.seed, "static-probe")
@@ -339,8 +340,6 @@ class CentralizedTrainer:
         the held-out share of train (``split_from_train``); the new head's test metrics as
         ``dfr_test_*``."""
         d = self.cfg.dfr
-        from fedanchors.simulate import check_dfr_layer
-
         check_dfr_layer(self.cfg, self.data)
         z, y, g = self.codes("val" if d.val == "original" else "gating", d.layer)
         seed = stable_seed(self.cfg.seed, "dfr")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fedanchors.config import DFRConfig
+from fedanchors.errors import ConfigError
 
 
 class LayerView(nn.Module):
@@ -29,8 +30,6 @@ class LayerView(nn.Module):
         super().__init__()
         relus = [m for m in encoder.modules() if isinstance(m, nn.ReLU)]
         if not 1 <= k <= len(relus):
-            from fedanchors.errors import ConfigError
-
             raise ConfigError(f"dfr.layer: layer_{k}, but the encoder has {len(relus)} ReLU layers (layer_1..)")
         self.encoder, self.relu = encoder, relus[k - 1]
 
@@ -58,6 +57,16 @@ class _Stop(Exception):
 def layer_view(encoder: nn.Module, layer: str) -> nn.Module:
     """The module whose output DFR reads: the encoder (last_hidden) or its k-th ReLU's output."""
     return encoder if layer == "last_hidden" else LayerView(encoder, int(layer.split("_")[1]))
+
+
+def check_dfr_layer(cfg, data) -> None:
+    """DFR on an inner layer fits one linear layer on that layer's features: one input space."""
+    spaces = sorted(data.spaces())
+    if cfg.dfr.enabled and cfg.dfr.layer != "last_hidden" and len(spaces) > 1:
+        raise ConfigError(
+            f"dfr.layer: {cfg.dfr.layer} reads an encoder's inner layer, but the groups have {len(spaces)} input "
+            f"spaces ({', '.join(spaces)}) whose layers differ; use dfr.layer: last_hidden (the shared latent code)"
+        )
 
 
 def balanced_indices(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

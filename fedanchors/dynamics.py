@@ -38,11 +38,15 @@ from torch import nn
 from fedanchors.losses import class_loss
 
 
+def enabled(cfg) -> bool:
+    """Whether any analysis is on."""
+    a = cfg.analysis
+    return a.gradient_basis or a.gap_dynamics or a.static_dynamic or a.jacobian
+
+
 def due(cfg, t: int) -> bool:
     """Whether epoch (round) t is analysed: any analysis on, and t listed (or no list)."""
-    a = cfg.analysis
-    on = a.gradient_basis or a.gap_dynamics or a.static_dynamic or a.jacobian
-    return on and (not a.at or t in a.at)
+    return enabled(cfg) and (not cfg.analysis.at or t in cfg.analysis.at)
 
 
 def unique_params(modules: list[nn.Module]) -> list[nn.Parameter]:
@@ -184,8 +188,12 @@ def probe_accuracies(z_tr, y_tr, g_tr, z_ev, y_ev, g_ev, C: float, num_classes: 
     from fedanchors.dfr import fit_balanced
 
     W, b = fit_balanced(z_tr, y_tr, g_tr, C, DFRConfig(subsets=1), num_classes, seed)
-    hit = (z_ev @ W.T + b).argmax(1) == y_ev
-    return {n: float(hit[g_ev == k].mean()) if (g_ev == k).any() else float("nan") for k, n in enumerate(names)}
+    return group_accuracy((z_ev @ W.T + b).argmax(1) == y_ev, g_ev, names)
+
+
+def group_accuracy(hit: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Per group, the share of ``hit`` (NaN for a group with no example)."""
+    return {n: float(hit[groups == k].mean()) if (groups == k).any() else float("nan") for k, n in enumerate(names)}
 
 
 class AnalysisLog:

@@ -47,18 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_dfr_layer(cfg: Config, data) -> None:
-    """DFR on an inner layer fits one linear layer on that layer's features: one input space."""
-    spaces = sorted(data.spaces())
-    if cfg.dfr.enabled and cfg.dfr.layer != "last_hidden" and len(spaces) > 1:
-        raise ConfigError(
-            f"dfr.layer: {cfg.dfr.layer} reads an encoder's inner layer, but the groups have {len(spaces)} input "
-            f"spaces ({', '.join(spaces)}) whose layers differ; use dfr.layer: last_hidden (the shared latent code)"
-        )
-
-
 def check_against_data(cfg: Config, data) -> None:
     """Config entries that name groups or clients must match the scenario (before any run dir)."""
+    from fedanchors.dfr import check_dfr_layer
     from fedanchors.methods import build_method
     from fedanchors.population import build_population
     from fedanchors.train import group_batch_sizes

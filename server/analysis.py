@@ -108,8 +108,4 @@ class RoundAnalysis:
                                           stable_seed(self.cfg.seed, "static-probe"), self.names)  # fmt: skip
         with torch.no_grad():
             pred = server.head(torch.as_tensor(z_ev, dtype=torch.float32)).argmax(1).numpy()
-        hit = pred == y_ev
-        model = {
-            n: float(hit[g_ev == k].mean()) if (g_ev == k).any() else float("nan") for k, n in enumerate(self.names)
-        }
-        return dynamics.decomposition(model, probe)
+        return dynamics.decomposition(dynamics.group_accuracy(pred == y_ev, g_ev, self.names), probe)

@@ -38,9 +38,9 @@ class FederatedGate:
         self.net = core.build_gate(cfg, self.E)
         self.method = build_method(cfg.federated.method, groups)
         self.heads = []  # per expert, per group: the expert's head state dict (the server holds the heads)
+        data = build_scenario(expert_config(runs[0]).data)  # the experts share their data (checked)
         for run in runs:
             ecfg = expert_config(run)
-            data = build_scenario(ecfg.data)
             heads = group_models(run, ecfg, data, torch.device("cpu"))[1]
             self.heads.append([h.state_dict() for h in heads])
         self.grid: Grid | None = None

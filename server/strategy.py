@@ -140,9 +140,7 @@ class FedAnchors:
         self.missing = [0] * len(self.names)  # per group
         self.method = build_method(self.cfg.method, self.names)
         self.log_prior = self._log_prior()
-        a = self.cfg.analysis
-        on = a.gradient_basis or a.gap_dynamics or a.static_dynamic or a.jacobian
-        self.analysis = RoundAnalysis(self.cfg, self.names) if on else None
+        self.analysis = RoundAnalysis(self.cfg, self.names) if dynamics.enabled(self.cfg) else None
         spaces = [i["space"] for i in self.info]
         for i in self.info:
             sharing = self.cfg.federated.encoder_sharing == "space"
