@@ -4,7 +4,8 @@ runs on the same groups, population, budget and metrics. Settings a baseline doe
 (learning rate, rounds, clients, sampling) stay the config's.
 
 - ``fedavg`` (McMahan et al. 2017): one encoder for every client, every group's inputs
-  brought to one common shape (``data.common_input``), one head, no anchors, ERM weights.
+  brought to one common shape (``data.common_input``: ``resize`` unless the config says
+  ``pad``), one head, no anchors, ERM weights.
 - ``lg_fedavg`` (Liang et al. 2020, "Think locally, act globally"): each client's encoder
   private, the head global, no anchors, ERM weights.
 - ``fedproto`` (Tan et al. 2022): each client's encoder and head local; class prototypes
@@ -28,7 +29,6 @@ NO_ANCHORS = {"lambda_fit": 0.0, "lambda_sep": 0.0}
 
 BASELINES: dict[str, dict] = {
     "fedavg": {
-        "data": {"common_input": True},
         "anchors": NO_ANCHORS,
         "method": {"name": "erm"},
         "federated": {"encoder_sharing": "space", "head_sharing": "global"},
@@ -70,6 +70,11 @@ BASELINES: dict[str, dict] = {
 }
 
 
+# settings a baseline needs but the config may choose among: merged *under* the config's
+# (fedavg needs one common input; the config may ask for ``pad`` instead of ``resize``)
+DEFAULTS: dict[str, dict] = {"fedavg": {"data": {"common_input": "resize"}}}
+
+
 def _merge(base: dict, over: dict) -> dict:
     """``base`` with ``over`` merged in section by section (``over`` wins)."""
     out = copy.deepcopy(base)
@@ -89,4 +94,10 @@ def apply_baseline(raw: dict) -> dict:
         close = difflib.get_close_matches(str(name), BASELINES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"baseline: unknown baseline {name!r}{hint}; valid: {', '.join(sorted(BASELINES))}")
-    return _merge(raw, BASELINES[name])
+    merged = _merge(raw, BASELINES[name])
+    for section, values in DEFAULTS.get(name, {}).items():
+        given = raw.get(section) or {}
+        for key, default in values.items():
+            if given.get(key, "none") == "none":
+                merged[section] = {**(merged.get(section) or {}), key: default}
+    return merged

@@ -8,13 +8,15 @@ learning-rate grid and the seeds::
       methods: [fedavg, lg_fedavg, fedproto, flic_like, fedanchors]
       lr: [0.003, 0.001]        # or per method: {fedavg: [0.01, 0.003], ...}
       seeds: 3
+      grid_seeds: 1             # optional: choose the lr on the first seed(s) only, then run
+                                # the other seeds at the chosen lr (default: every seed)
       set: {federated.clients: 10, federated.holdout: 0.2}
 
 Every (method, lr, seed) is a point of ``fedanchors.sweep`` (its own directory, skipped when
 done, resumed when interrupted). Each method's learning rate is the one with the best mean
-validation ``acc_wg`` over seeds; the table reports that learning rate's test metrics as
-mean ± std over seeds (``benchmark.md``) and ``benchmark.png`` plots test ``acc_wg`` against
-the MB communicated per round.
+validation ``acc_wg`` over the grid seeds (every seed unless ``grid_seeds`` says fewer); the
+table reports that learning rate's test metrics as mean ± std over seeds (``benchmark.md``)
+and ``benchmark.png`` plots test ``acc_wg`` against the MB communicated per round.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from fedanchors.config import load_config, read_yaml
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.sweep import _stats, points, run_point
 
-KEYS = {"config", "methods", "lr", "seeds", "set"}
+KEYS = {"config", "methods", "lr", "seeds", "grid_seeds", "set"}
 COLUMNS = [
     ("test acc_all", "test_acc_all"),
     ("test acc_wg", "test_acc_wg"),
@@ -54,7 +56,13 @@ def load_bench(path: str) -> dict:
     lr = raw.get("lr") or []
     lrs = {m: list(lr.get(m, [])) if isinstance(lr, dict) else list(lr) for m in methods}
     sets = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (raw.get("set") or {}).items()]
-    return {"config": raw["config"], "methods": methods, "lrs": lrs, "seeds": int(raw.get("seeds", 1)), "set": sets}
+    seeds = int(raw.get("seeds", 1))
+    grid_seeds = int(raw.get("grid_seeds", seeds))
+    if not 1 <= grid_seeds <= seeds:
+        raise ConfigError(f"{path}: grid_seeds must be between 1 and seeds ({seeds}), got {grid_seeds}")
+    return {
+        "config": raw["config"], "methods": methods, "lrs": lrs, "seeds": seeds, "grid_seeds": grid_seeds, "set": sets,
+    }  # fmt: skip
 
 
 def _cell(xs: list) -> str:
@@ -62,11 +70,16 @@ def _cell(xs: list) -> str:
     return "n/a" if m != m else f"{m:.3f} ± {s:.3f}"
 
 
-def summarize(results: dict[str, dict[float, list[dict]]]) -> tuple[str, dict]:
-    """Per method, the learning rate with the best mean validation acc_wg; the table and the rows."""
+def choose_lr(by_lr: dict[float, list[dict]], grid_seeds: int) -> float:
+    """The learning rate whose first ``grid_seeds`` runs have the best mean validation acc_wg."""
+    return max(by_lr, key=lambda v: _stats([r.get("best_val_acc_wg") for r in by_lr[v][:grid_seeds]])[0])
+
+
+def summarize(results: dict[str, dict[float, list[dict]]], grid_seeds: int) -> tuple[str, dict]:
+    """Per method, the chosen learning rate's runs (every seed); the table and the rows."""
     rows = {}
     for method, by_lr in results.items():
-        lr = max(by_lr, key=lambda v: _stats([r.get("best_val_acc_wg") for r in by_lr[v]])[0])
+        lr = choose_lr(by_lr, grid_seeds)
         runs = by_lr[lr]
         mb = [(r["bytes_sent"] + r["bytes_received"]) / 1e6 / max(1, r["rounds_run"]) for r in runs]
         rows[method] = {"lr": lr, "runs": runs, "mb": mb}
@@ -98,6 +111,15 @@ def plot(rows: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _run(method: str, base, pts: list[dict], out: Path, by_lr: dict[float, list[dict]]) -> None:
+    for pt in pts:
+        summary = run_point(base, pt, out)
+        lr = float(next(o for o in pt["overrides"] if o.startswith("optim.lr=")).split("=")[1])
+        by_lr.setdefault(lr, []).append(summary)
+        state = "skipped (done)" if summary["skipped"] else "ran"
+        print(f"{method} {pt['hash']} {' '.join(pt['overrides'])}: {state}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -115,17 +137,22 @@ def main(argv: list[str] | None = None) -> int:
             base = load_config(spec["config"], [*spec["set"], *args.overrides, f"baseline={method}", f"name={name}"])
             out = out or Path(args.out or Path(base.out_dir) / f"benchmark-{name}")
             out.mkdir(parents=True, exist_ok=True)
+            by_lr = results.setdefault(method, {})
             grid = {"optim.lr": spec["lrs"][method] or [base.optim.lr]}
-            for pt in points(base, grid, spec["seeds"], ["federated"]):
-                summary = run_point(base, pt, out)
-                lr = float(next(o for o in pt["overrides"] if o.startswith("optim.lr=")).split("=")[1])
-                results.setdefault(method, {}).setdefault(lr, []).append(summary)
-                state = "skipped (done)" if summary["skipped"] else "ran"
-                print(f"{method} {pt['hash']} {' '.join(pt['overrides'])}: {state}", file=sys.stderr)
+            _run(method, base, points(base, grid, spec["grid_seeds"], ["federated"]), out, by_lr)
+            if spec["seeds"] > spec["grid_seeds"]:  # the other seeds at the chosen lr only
+                lr = choose_lr(by_lr, spec["grid_seeds"])
+                rest = points(base, {"optim.lr": [lr]}, spec["seeds"], ["federated"])[spec["grid_seeds"] :]
+                _run(method, base, rest, out, by_lr)
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md, rows = summarize(results)
+    md, rows = summarize(results, spec["grid_seeds"])
+    grids = {tuple(v) for v in spec["lrs"].values()}
+    md += (
+        f"\nLearning rate per method chosen on mean validation acc_wg over the first {spec['grid_seeds']} of "
+        f"{spec['seeds']} seed(s) from {', '.join(str(list(g)) for g in grids) if any(grids) else 'the config'}.\n"
+    )
     (out / "benchmark.md").write_text(md)
     plot(rows, out / "benchmark.png")
     print(md)

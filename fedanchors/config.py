@@ -174,10 +174,11 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     max_per_group: int = 0  # 0: all
-    # true: every group brought to the largest channel count and pixel size among them
-    # (zero-padded channels, bilinear resize) in one input space, ``common``: one encoder for
-    # every client (FedAvg over heterogeneous inputs)
-    common_input: bool = False
+    # resize | pad: every group brought to the largest channel count and pixel size among them
+    # in one input space, ``common`` (one encoder for every client: FedAvg over heterogeneous
+    # inputs); channels zero-padded, pixels by bilinear resize or by zero padding at the
+    # bottom and right (system 1's pad_to_max collate). "none": each group keeps its shape
+    common_input: str = "none"
     # > 0: this share of each group's training split, per class (seeded), is held out as the
     # ``gating`` split (system 4: experts train on the rest, a gate on it; fedanchors.gating)
     gating_fraction: float = 0.0
@@ -334,6 +335,7 @@ _CHOICES = {
     "federated.class_stats": ("running", "exact"),
     "federated.group_loss": ("mean", "first"),
     "anchors.update": ("", "gradient", "barycenter"),
+    "data.common_input": ("none", "resize", "pad"),
     "anchors.covariance": ("full", "diag", "none"),
     "anchors.fit": ("w2", "prototype"),
     "federated.head_sharing": ("global", "local"),

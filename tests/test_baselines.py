@@ -101,6 +101,31 @@ def test_baseline_settings_win_and_unknown_names_fail(tmp_path):
         load_config(None, ["baseline=fedprot"])
 
 
+def test_common_input_resizes_or_pads_and_fedavg_keeps_the_configs_choice(tmp_path):
+    from fedanchors.data import build_scenario
+    from fedanchors.data.base import resize2d
+
+    own = build_scenario(small_config(tmp_path).data)  # digits: 1x8x8 and 1x16x16
+    shapes = {g.name: tuple(g.shape) for g in own.groups}
+    for how in ("resize", "pad"):
+        cfg = small_config(
+            tmp_path, mode="federated", baseline="fedavg", data={"max_per_group": 200, "common_input": how}
+        )
+        assert cfg.data.common_input == how  # the config's choice survives the baseline's default
+        common = build_scenario(cfg.data)
+        for g, o in zip(common.groups, own.groups):
+            assert g.space == "common" and tuple(g.shape) == (1, 16, 16) and torch.equal(g.train.y, o.train.y)
+            h, w = shapes[o.name][1:]
+            if how == "pad":  # the original pixels at the top left, zeros elsewhere
+                assert torch.equal(g.train.x[..., :h, :w], o.train.x)
+                assert g.train.x[..., h:, :].abs().sum() == 0 and g.train.x[..., :, w:].abs().sum() == 0
+            else:
+                assert torch.equal(g.train.x, resize2d(o.train.x, 16, 16))
+    assert small_config(tmp_path, mode="federated", baseline="fedavg").data.common_input == "resize"
+    with pytest.raises(ConfigError, match="data.common_input: 'crop' is not one of none, resize, pad"):
+        small_config(tmp_path, data={"common_input": "crop"})
+
+
 def test_a_new_clients_adaptation_moves_only_its_encoder():
     from fedanchors.config import AnchorConfig, OptimConfig
     from fedanchors.data import build_scenario

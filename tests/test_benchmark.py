@@ -24,17 +24,28 @@ def test_each_method_reports_its_best_validation_learning_rate():
         "a": {0.1: [_summary(0.5, 0.9), _summary(0.6, 0.9)], 0.01: [_summary(0.7, 0.1), _summary(0.7, 0.2)]},
         "b": {0.1: [_summary(0.9, 0.4, (2e6, 2e6, 2))]},
     }
-    md, rows = summarize(results)
+    md, rows = summarize(results, grid_seeds=2)
     assert rows["a"]["lr"] == 0.01 and rows["b"]["lr"] == 0.1  # chosen on validation, never on test
     assert "| a | 0.01 | 2 | 0.150 ± 0.071 | 0.150 ± 0.071 |" in md
     assert rows["b"]["mb"] == [2.0]  # (sent + received) / rounds, in MB
+
+
+def test_with_grid_seeds_the_learning_rate_is_chosen_on_the_first_seeds_only():
+    # 0.1's first seed validates best; its later seeds (run only at the chosen lr) are worse
+    results = {"a": {0.1: [_summary(0.8, 0.5), _summary(0.1, 0.4), _summary(0.1, 0.6)], 0.01: [_summary(0.7, 0.9)]}}
+    md, rows = summarize(results, grid_seeds=1)
+    assert rows["a"]["lr"] == 0.1 and len(rows["a"]["runs"]) == 3
+    assert "| a | 0.1 | 3 | 0.500 ± 0.100 |" in md
+    assert summarize(results, grid_seeds=3)[1]["a"]["lr"] == 0.01  # over every seed: 0.33 < 0.7
 
 
 @pytest.mark.slow
 def test_benchmark_runs_two_methods_end_to_end(tmp_path):
     spec = tmp_path / "b.yaml"
     sets = {"federated.rounds": 1, "federated.local_steps": 1, "data.max_per_group": 100, "federated.num_cpus": 0.5}
-    bench = {"config": "configs/digits_fed.yaml", "methods": ["lg_fedavg", "fedanchors"], "lr": [0.003], "seeds": 1}
+    lr = {"lg_fedavg": [0.003, 0.001], "fedanchors": [0.003]}
+    bench = {"config": "configs/digits_fed.yaml", "methods": ["lg_fedavg", "fedanchors"], "lr": lr, "seeds": 2}
+    bench["grid_seeds"] = 1  # lg_fedavg: 2 lrs at seed 0, then seed 1 at the chosen one; fedanchors: 2 runs
     spec.write_text(json.dumps({"benchmark": {**bench, "set": sets}}))
     res = subprocess.run(
         [sys.executable, "-m", "fedanchors.benchmark", "--config", str(spec), "--out", str(tmp_path / "out")],
@@ -42,5 +53,8 @@ def test_benchmark_runs_two_methods_end_to_end(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     md = (tmp_path / "out" / "benchmark.md").read_text()
-    assert "| lg_fedavg | 0.003 | 1 |" in md and "| fedanchors | 0.003 | 1 |" in md
+    assert "| lg_fedavg | 0.00" in md and "| fedanchors | 0.003 | 2 |" in md
+    assert len([d for d in (tmp_path / "out").iterdir() if (d / "point.json").is_file()]) == 5
+    row = next(line for line in md.splitlines() if line.startswith("| lg_fedavg"))
+    assert row.split(" | ")[2] == "2"  # the chosen lr's two seeds
     assert (tmp_path / "out" / "benchmark.png").is_file()

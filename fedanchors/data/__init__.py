@@ -87,7 +87,7 @@ def build_scenario(cfg) -> ScenarioData:
             check_labels(getattr(g, split).y, data.num_classes, f"scenario {name}, group {g.name} ({split})")
     if cfg.gating_fraction > 0:
         data = carve_gating(data, cfg.gating_fraction, cfg.split_seed)
-    data = to_common_input(data) if cfg.common_input else data
+    data = data if cfg.common_input == "none" else to_common_input(data, cfg.common_input)
     if cfg.features.backbone:
         from fedanchors.data.features import with_features
 
@@ -114,10 +114,13 @@ def carve_gating(data: ScenarioData, fraction: float, seed: int) -> ScenarioData
     return ScenarioData(out, data.num_classes, data.class_sets)
 
 
-def to_common_input(data: ScenarioData) -> ScenarioData:
+def to_common_input(data: ScenarioData, how: str = "resize") -> ScenarioData:
     """``data.common_input``: every group at the largest channel count and pixel size among
-    them (channels zero-padded, bilinear resize), all in the one input space ``common``."""
+    them, all in the one input space ``common``: channels zero-padded; pixels by bilinear
+    resize (``resize``) or by zero padding at the bottom and right (``pad``, as system 1's
+    ``pad_to_max_collate``: the original pixels untouched, at the top left)."""
     import torch
+    import torch.nn.functional as F
 
     from fedanchors.data.base import resize2d
 
@@ -131,7 +134,7 @@ def to_common_input(data: ScenarioData) -> ScenarioData:
     c, h, w = (max(s[i] for s in shapes) for i in range(3))
 
     def fit(x: torch.Tensor) -> torch.Tensor:
-        x = resize2d(x, h, w)
+        x = resize2d(x, h, w) if how == "resize" else F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
         return torch.cat([x, x.new_zeros(len(x), c - x.shape[1], h, w)], 1) if x.shape[1] < c else x
 
     groups = [
