@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from fedanchors.benchmark import summarize
+from fedanchors.benchmark import load_bench, summarize
+from fedanchors.config import load_config
 
 from .conftest import REPO
 
@@ -37,6 +38,16 @@ def test_with_grid_seeds_the_learning_rate_is_chosen_on_the_first_seeds_only():
     assert rows["a"]["lr"] == 0.1 and len(rows["a"]["runs"]) == 3
     assert "| a | 0.1 | 3 | 0.500 ± 0.100 |" in md
     assert summarize(results, grid_seeds=3)[1]["a"]["lr"] == 0.01  # over every seed: 0.33 < 0.7
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "bench").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_benchmarks_load_and_every_method_builds(path):
+    spec = load_bench(str(path))
+    assert len(spec["methods"]) == 6 and spec["seeds"] == 3
+    for method in spec["methods"]:
+        cfg = load_config(REPO / spec["config"], [*spec["set"], f"baseline={method}"])
+        assert cfg.baseline == method and cfg.mode == "federated" and cfg.federated.holdout > 0
+        assert (cfg.data.common_input != "none") == (method == "fedavg")
 
 
 @pytest.mark.slow
