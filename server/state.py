@@ -46,6 +46,8 @@ class StateMixin:
             "best_rounds": list(self.best_rounds),
             "missing": list(self.missing),
             "server_opt": self.server_opt.state_dict(),
+            # system 3: the last analysed round's record, completed by the next round's losses
+            "analysis_pending": self.analysis.pending if self.analysis is not None else None,
         }
 
     def load_resume_state(self, state: dict) -> None:
@@ -64,3 +66,5 @@ class StateMixin:
         self.server_opt.load_state_dict(state["server_opt"])
         self.missing = [int(m) for m in state["missing"]]
         set_global_rng_state(state["rng"])
+        if self.analysis is not None:
+            self.analysis.pending = state.get("analysis_pending")
