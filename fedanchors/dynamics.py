@@ -201,21 +201,28 @@ class AnalysisLog:
 
     def __init__(self, run_path: Path | None) -> None:
         self.path = None if run_path is None else Path(run_path) / "analysis.jsonl"
+        self.count = 0  # lines written (checkpointed with the loop's state)
 
     def write(self, records: list[dict]) -> None:
         if self.path is None or not records:
             return
+        self.count += len(records)
         with open(self.path, "a") as fh:
             for r in records:
                 fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                      for k, v in r.items()}) + "\n")  # fmt: skip
 
-    def truncate(self, unit: str, last: int) -> None:
-        """Drop records after step ``last`` (a resumed run writes them again)."""
+    def truncate(self, unit: str, last: int, lines: int | None = None) -> None:
+        """Keep what was written up to the checkpoint a run resumes from: its first ``lines``
+        lines (the count checkpointed; a federated round's record is completed, and written,
+        a round later, so a record of round ``last`` may postdate the checkpoint), or without
+        a count the records up to step ``last``. The resumed run writes the rest again."""
         if self.path is None or not self.path.is_file():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)[unit] <= last]
+        keep = keep if lines is None else keep[:lines]
         self.path.write_text("".join(k + "\n" for k in keep))
+        self.count = len(keep)
 
 
 def read_analysis(run: Path) -> list[dict]:

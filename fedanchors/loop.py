@@ -96,7 +96,7 @@ def run_loop(
         best, best_t, best_test = state["best"], state["best_t"], state.get("best_test")
         elapsed, stopped, start = state["elapsed"], state["stopped"], state[unit] + 1
         truncate_metrics(run.path, unit, state[unit])
-        analysis.truncate(unit, state[unit])
+        analysis.truncate(unit, state[unit], state.get("analysis_lines"))
     bar = tqdm(
         total=tr.total,
         initial=start - 1,
@@ -135,6 +135,7 @@ def run_loop(
             error = tr.end(t)
             if run is not None:
                 state = {unit: t, "best": best, "best_t": best_t, "best_test": best_test, "stopped": stopped}
+                state["analysis_lines"] = analysis.count
                 state["elapsed"] = elapsed + time.time() - t0
                 save_atomic({**state, **tr.resume_state()}, run.checkpoint(tr.files["resume"]))
             if error is not None:

@@ -9,7 +9,6 @@ through ``server.driver``; nothing here loops, checkpoints or decides when to st
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,19 +25,22 @@ from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.losses import anchor_w2_by_group, log_prior
 from fedanchors.methods import build_method
-from fedanchors.metrics import client_summary, summarize
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import pool_moments
 from fedanchors.population import drop_out, held_out, sample_clients, split_weights
-from fedanchors.resume import global_rng_state, set_global_rng_state
 from fedanchors.server_opt import build_server_optimizer
 from server.analysis import RoundAnalysis
+from server.evaluation import EvaluationMixin
+from server.state import StateMixin
 
 log = logging.getLogger("fedanchors.server")
 
 
-class FedAnchors:
+class FedAnchors(EvaluationMixin, StateMixin):
     """Server state: head, anchors, shared encoders, GroupDRO q; one client per group.
+
+    Evaluation and new-client messages are in ``server.evaluation``, checkpointed state in
+    ``server.state``.
 
     ``errors``: where clients' tracebacks go (``<run>/client_errors.log``), or None.
     """
@@ -378,75 +380,6 @@ class FedAnchors:
             per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
         return rec | {f"w2_anchor_train:{self.names[g]}": float(v) for g, v in zip(groups, per_group)}
 
-    # -- evaluate ---------------------------------------------------------------------
-    def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:
-        pids = self.training() if self.held else None
-        return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)}, pids)
-
-    def configure_adapt(self, rnd: int) -> list[Message]:
-        """The held-out clients' messages: adapt a new encoder to the frozen model, then evaluate."""
-        conf = {"splits": "val,test", "adapt_epochs": self.cfg.federated.holdout_epochs}
-        if self.log_prior is not None:
-            conf["log_prior"] = [self.log_prior] * len(self.info)
-        return self._messages(MessageType.EVALUATE, rnd, conf, sorted(self.held))
-
-    def aggregate_adapt(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
-        """``test_new_*``: the held-out clients' metrics after adaptation (each group over its new
-        clients; NaN unless every new client answered), and their client-level accuracies."""
-        ok = self._split_replies(rnd, replies)
-        complete = {p for p, _ in ok} == self.held
-        out = {}
-        for split in ("val", "test"):
-            metrics = self._summarize(split, ok) if complete else {"acc_wg": math.nan, "acc_all": math.nan}
-            accs = [math.nan] * len(self.info)
-            for p, r in ok:
-                m = r.content["metrics"]
-                accs[p] = sum(m[f"{split}_correct"]) / max(1, sum(m[f"{split}_total"]))
-            mean = [a for a in accs if not math.isnan(a)]
-            metrics |= {"client_acc_mean": sum(mean) / len(mean) if mean else math.nan}
-            metrics |= client_summary(accs, self.cgroup, self.names) if complete else {}
-            keep = ("acc_all", "acc_wg", "acc_bal", "client_acc_mean", "client_acc_worst", "client_acc_p10")
-            out |= {f"{split}_new_{k}": v for k, v in metrics.items() if k in keep or k.startswith("acc_group:")}
-        return out
-
-    def aggregate_evaluate(self, rnd: int, replies: Iterable[Message], splits: tuple[str, ...]) -> dict:
-        """Per split, the group-wise metrics over the clients' counts: a group's counts are the
-        sum over its clients, and a group with a client missing counts as not evaluated (NaN
-        worst-group and overall accuracies: never a metric over part of the groups)."""
-        ok = self._split_replies(rnd, replies)
-        got = {p for p, _ in ok}
-        whole = {g for g in range(len(self.names)) if set(self.members(g)) <= got}
-        self.round_ok &= whole
-        mine = [(p, r) for p, r in ok if self.cgroup[p] in whole]
-        out = {s: self._summarize(s, mine) | self._clients(s, mine, len(whole) == len(self.names)) for s in splits}
-        out["complete"] = len(whole) == len(self.names)
-        return out
-
-    def _clients(self, split: str, ok: list[tuple[int, Message]], complete: bool) -> dict[str, float]:
-        """Client-level accuracy (``fedanchors.metrics.client_summary``); the overall figures
-        are NaN unless every client answered, as the worst-group accuracy is."""
-        accs = [math.nan] * len(self.info)
-        for p, r in ok:
-            m = r.content["metrics"]
-            total = sum(m[f"{split}_total"])
-            accs[p] = sum(m[f"{split}_correct"]) / total if total else math.nan
-        out = client_summary(accs, self.cgroup, self.names) | {"client_accs": accs}
-        if not complete:
-            out |= {k: math.nan for k in ("client_acc_worst", "client_acc_p10", "client_acc_std")}
-        return out
-
-    def _summarize(self, split: str, ok: list[tuple[int, Message]]) -> dict[str, float]:
-        G, C = len(self.names), self.anchors.num_classes
-        correct = torch.zeros(G, C, dtype=torch.int64)
-        total = torch.zeros(G, C, dtype=torch.int64)
-        loss = torch.zeros(G, dtype=torch.float64)
-        for p, r in ok:
-            m, g = r.content["metrics"], self.cgroup[p]
-            correct[g] += torch.tensor(m[f"{split}_correct"])
-            total[g] += torch.tensor(m[f"{split}_total"])
-            loss[g] += float(m[f"{split}_loss"])
-        return summarize(self.names, correct, total, loss, self.class_sets)
-
     def record_extras(self) -> dict[str, float]:
         """q and the bytes since the last record."""
         out = {f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)}
@@ -478,62 +411,6 @@ class FedAnchors:
             f"{limit}); a worst-group accuracy without it would be over a subset of the groups. "
             f"The causes are in client_errors.log; the checkpoint after round {rnd} is kept (--resume)"
         )
-
-    # -- state ----------------------------------------------------------------------------
-    def model_state(self) -> dict:
-        """The server's model: head, anchors, shared encoders, q, the class statistics it was
-        fitted on, and which state file holds each client's private encoder."""
-        return {
-            "head": self.head.state_dict(),
-            "anchors": self.anchors.state_dict(),
-            "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
-            "q": self.method.q,
-            "stats": self.last_stats,
-            "client_rounds": list(self.client_rounds),
-        }
-
-    def load_model_state(self, state: dict) -> None:
-        self.head.load_state_dict(state["head"])
-        self.anchors.load_state_dict(state["anchors"])
-        for k, e in self.encoders.items():
-            e.load_state_dict(state["encoders"][k])
-        self.last_stats = state["stats"]
-        self.client_rounds = [int(r) for r in state["client_rounds"]]
-
-    def resume_state(self) -> dict:
-        """Everything the next round depends on (clients keep their own state)."""
-        return {
-            "head": self.head.state_dict(),
-            "anchors": self.anchors.state_dict(),
-            "encoders": {k: e.state_dict() for k, e in self.encoders.items()},
-            "method": self.method.state_dict(),
-            "last_losses": self.last_losses,
-            "sep_gen": self.sep_gen.get_state(),
-            "bytes": (self.bytes_sent, self.bytes_received, list(self.round_bytes)),
-            "last_stats": self.last_stats,
-            "rng": global_rng_state(),
-            "client_rounds": list(self.client_rounds),
-            "best_rounds": list(self.best_rounds),
-            "missing": list(self.missing),
-            "server_opt": self.server_opt.state_dict(),
-        }
-
-    def load_resume_state(self, state: dict) -> None:
-        self.head.load_state_dict(state["head"])
-        self.anchors.load_state_dict(state["anchors"])
-        for k, e in self.encoders.items():
-            e.load_state_dict(state["encoders"][k])
-        self.method.load_state_dict(state["method"])
-        self.last_losses = state["last_losses"]
-        self.sep_gen.set_state(state["sep_gen"])
-        self.bytes_sent, self.bytes_received, self.round_bytes = state["bytes"]
-        self.round_bytes = list(self.round_bytes)
-        self.last_stats = state["last_stats"]
-        self.client_rounds = [int(r) for r in state["client_rounds"]]
-        self.best_rounds = [int(r) for r in state["best_rounds"]]
-        self.server_opt.load_state_dict(state["server_opt"])
-        self.missing = [int(m) for m in state["missing"]]
-        set_global_rng_state(state["rng"])
 
     def _checker(self, where: str):
         return lambda values: check_finite(values, where, self.cfg.optim.lr, "checkpoints/server_resume.pt")

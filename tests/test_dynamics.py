@@ -113,3 +113,15 @@ def test_analysis_files_in_both_modes(tmp_path):
     assert "obs_rate:majority" in recs[0] and "obs_rate:majority" not in recs[1]  # the last round has no next
     assert recs[0]["jac_enc:minority"] > 0 and "static_gap" in recs[0]
     frun.release()
+
+
+def test_analysis_log_resumes_to_the_lines_written_before_the_checkpoint(tmp_path):
+    log = dynamics.AnalysisLog(tmp_path)
+    log.write([{"round": 1, "a": 1.0}, {"round": 2, "a": 2.0}])
+    at_checkpoint = log.count  # round 3's checkpoint: rounds 1 and 2 written (2 completed in round 3)
+    log.write([{"round": 3, "a": 3.0}])  # written in round 4, after round 3's checkpoint
+    again = dynamics.AnalysisLog(tmp_path)
+    again.truncate("round", 3, at_checkpoint)
+    assert [r["round"] for r in dynamics.read_analysis(tmp_path)] == [1, 2] and again.count == 2
+    again.truncate("round", 1)  # an older checkpoint without the count: by step
+    assert [r["round"] for r in dynamics.read_analysis(tmp_path)] == [1]

@@ -102,7 +102,12 @@ def test_ctrl_c_stops_after_a_checkpoint_and_resumes_exactly(centralized):
 
 @pytest.mark.slow
 def test_federated_resume_after_sigkill_is_exact(tmp_path):
-    cfg = small_config(tmp_path, mode="federated", federated={"rounds": 6}, data={"max_per_group": 300})
+    # with system 3's gap dynamics on: a round's record waits for the next round's losses,
+    # and that pending record survives the kill
+    analysis = {"gap_dynamics": True, "gradient_basis": True}
+    cfg = small_config(
+        tmp_path, mode="federated", federated={"rounds": 6}, data={"max_per_group": 300}, analysis=analysis
+    )
     save_config(cfg, tmp_path / "f.yaml")
     runs = tmp_path / "runs"
     ref = _start(tmp_path / "f.yaml", "reference")
@@ -114,6 +119,9 @@ def test_federated_resume_after_sigkill_is_exact(tmp_path):
     assert res.returncode == 0, res.stderr
     a, b = _finished(runs / "killed"), _finished(runs / "reference")
     assert a == b
+    ref_analysis = (runs / "reference" / "analysis.jsonl").read_text()
+    assert [json.loads(x)["round"] for x in ref_analysis.splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert (runs / "killed" / "analysis.jsonl").read_text() == ref_analysis
 
 
 def test_resume_refuses_a_different_config_or_a_broken_directory(centralized, tmp_path):
