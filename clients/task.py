@@ -101,7 +101,13 @@ class ClientModel:
     """This node's encoder (and optimizer state) restored from its ClientState, plus head and anchors."""
 
     def __init__(
-        self, cfg: Config, group: GroupData, num_classes: int, blob: bytes | None, source: str = "context.state"
+        self,
+        cfg: Config,
+        group: GroupData,
+        num_classes: int,
+        blob: bytes | None,
+        source: str = "context.state",
+        encoder_from_server: bool = False,
     ) -> None:
         self.cfg, self.group = cfg, group
         self.device = resolve_device(cfg.device)
@@ -114,7 +120,10 @@ class ClientModel:
         if blob is not None:
             try:
                 state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
-                self.encoder.load_state_dict(state["encoder"])
+                if state["encoder"] is not None:
+                    self.encoder.load_state_dict(state["encoder"])
+                elif not encoder_from_server:  # a private encoder lives only in this file
+                    raise ValueError("it holds no encoder, and this client's encoder is private")
                 if "head" in state:  # federated.head_sharing: local
                     self.head.load_state_dict(state["head"])
                 if not cfg.federated.reset_client_opt:  # else momentum / Adam state starts fresh each round
@@ -134,10 +143,12 @@ class ClientModel:
         if enc:
             self.encoder.load_state_dict(enc)
 
-    def blob(self) -> bytes:
-        """Encoder, optimizer state and a local head, to keep on this node (never sent)."""
+    def blob(self, with_encoder: bool = True) -> bytes:
+        """Optimizer state, the encoder unless the server holds it (a shared space's: it comes
+        with every message, so a copy per client would only fill the disk) and a local head,
+        to keep on this node (never sent)."""
         buf = io.BytesIO()
-        state = {"encoder": self.encoder.state_dict(), "opt": self.opt.state_dict()}
+        state = {"encoder": self.encoder.state_dict() if with_encoder else None, "opt": self.opt.state_dict()}
         if self.cfg.federated.head_sharing == "local":
             state["head"] = self.head.state_dict()
         torch.save(state, buf)
@@ -191,7 +202,8 @@ def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: Clien
     conf = msg.content["config"]
     rnd = int(conf.get("state_round", 0) or 0) if not _is_stock(msg) else 0
     source = str(store.dir / f"r{rnd}.pt") if store.dir is not None else "context.state"
-    return ClientModel(cfg, client_group(cfg, pid)[0], data.num_classes, store.load(rnd), source)
+    from_server = not _is_stock(msg) and any(k.startswith(ENCODER) for k in msg.content["global"].keys())
+    return ClientModel(cfg, client_group(cfg, pid)[0], data.num_classes, store.load(rnd), source, from_server)
 
 
 def _log_prior(conf) -> torch.Tensor | None:
@@ -264,12 +276,12 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     keep_from, keep = (
         (int(conf.get("state_round", 0) or 0), int(conf.get("keep_round", 0) or 0)) if not stock else (0, 0)
     )
-    store.save(model.blob(), rnd, keep_from, keep)
+    shared = bool(conf["encoder_shared"])
+    store.save(model.blob(with_encoder=not shared), rnd, keep_from, keep)
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
         arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
-    shared = bool(conf["encoder_shared"])
     parts = {"encoder": model.encoder.state_dict()} if shared else {}
     if f.head_sharing == "global":
         parts["head"] = model.head.state_dict()

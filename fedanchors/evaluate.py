@@ -90,6 +90,8 @@ def restore(run: Path, cfg: Config, data: ScenarioData, which: str, device: torc
         cstate = load(cpath, device, keys, f"client {pid}'s state file")
         if g.space in shared:
             encoders.append(shared[g.space])
+        elif cstate["encoder"] is None:
+            raise CheckpointError(f"{cpath} holds no encoder, and client {pid}'s encoder is private: restore the file")
         else:
             encoders.append(_module(encoder(g), cstate["encoder"], f"encoder of client {pid}", cpath))
         if local_heads:  # federated.head_sharing: local: each client predicts with its own head

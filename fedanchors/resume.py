@@ -134,7 +134,7 @@ SERVER_KEYS = (  # federated server_resume.pt
     "round", *LOOP_KEYS, "head", "anchors", "encoders", "method", "last_losses", "sep_gen", "bytes",
     "last_stats", "rng", "client_rounds", "best_rounds", "server_opt",
 )  # fmt: skip
-CLIENT_KEYS = ("encoder", "opt")  # clients/<partition>/r<round>.pt
+CLIENT_KEYS = ("encoder", "opt")  # clients/<partition>/r<round>.pt (encoder None: the server holds it)
 
 
 def client_state_path(run_path: Path, partition: int, rnd: int) -> Path:

@@ -132,7 +132,10 @@ def test_k_clients_encoders_equal_the_private_ones(tmp_path):
         data={"max_per_group": 300},
     )
     one, grid = train_rounds(small_config(tmp_path, federated={"rounds": 2, "local_steps": 1}, **common), 2)
-    many, _ = train_rounds(small_config(tmp_path, federated={"rounds": 2, "local_steps": 1, "clients": 3}, **common), 6)
+    fed = {"rounds": 2, "local_steps": 1, "clients": 3}
+    many, many_grid = train_rounds(small_config(tmp_path, federated=fed, **common), 6)
+    for ctx in many_grid.contexts.values():  # the server holds a shared space's encoder: no copy per client
+        assert torch.load(io.BytesIO(ctx.state["client"]["blob"]), weights_only=True)["encoder"] is None
     for ctx in grid.contexts.values():
         p = int(ctx.node_config["partition-id"])
         private = torch.load(io.BytesIO(ctx.state["client"]["blob"]), weights_only=True)["encoder"]

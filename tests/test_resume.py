@@ -139,9 +139,10 @@ def test_resume_refuses_a_different_config_or_a_broken_directory(centralized, tm
 
 @pytest.mark.slow
 def test_federated_resume_with_a_server_optimizer_is_exact(tmp_path):
-    """FedAdam's moments, reset client optimizers and first-step group losses survive a SIGKILL."""
+    """FedAdam's moments, reset client optimizers and first-step group losses survive a SIGKILL;
+    two clients per group share their space's encoder, which only the server keeps."""
     fed = {"rounds": 5, "server_opt": "adam", "server_lr": 0.01, "local_steps": 3, "group_loss": "first"}
-    fed |= {"reset_client_opt": True}
+    fed |= {"reset_client_opt": True, "clients": 2}
     cfg = small_config(
         tmp_path, mode="federated", federated=fed, optim={"name": "sgd", "lr": 0.1}, data={"max_per_group": 300}
     )
@@ -154,6 +155,9 @@ def test_federated_resume_with_a_server_optimizer_is_exact(tmp_path):
 
     state = torch.load(runs / "killed" / "checkpoints" / "server_resume.pt", weights_only=True)
     assert state["server_opt"]["m"] and state["server_opt"]["v"]  # the moments are checkpointed
+    assert len(state["encoders"]) == 2  # both spaces shared
+    for f in (runs / "killed" / "clients").glob("*/r*.pt"):
+        assert torch.load(f, weights_only=True)["encoder"] is None  # the server's copy is the one
     res = cli("--resume", str(runs / "killed"))
     assert res.returncode == 0, res.stderr
     assert _finished(runs / "killed") == _finished(runs / "reference")
