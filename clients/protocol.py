@@ -14,6 +14,10 @@ import torch
 from flwr.app import Array, ArrayRecord, Message
 
 HEAD, ANCHORS, ENCODER = "head.", "anchors.", "encoder."
+# opens a client's error when its saved state (its private encoder, its optimizer) is gone or
+# unreadable: not a transient failure to skip, since every later round would fail the same
+# way and the client would silently leave the population; the server stops the run on it
+STATE_LOST = "client state lost:"
 
 
 def pack(**modules: dict[str, torch.Tensor]) -> ArrayRecord:

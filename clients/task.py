@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.protocol import ANCHORS, ENCODER, HEAD, pack, pack_arrays, unpack
+from clients.protocol import ANCHORS, ENCODER, HEAD, STATE_LOST, pack, pack_arrays, unpack
 from fedanchors.analysis import group_class_gaussians
 from fedanchors.config import Config, anchors_used, to_dict
 from fedanchors.data import GroupData, ScenarioData, build_scenario
@@ -80,7 +80,7 @@ class ClientState:
             return None
         path = self.dir / f"r{rnd}.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"client state file {path} is missing (saved after round {rnd}); restore it")
+            raise FileNotFoundError(f"{STATE_LOST} {path} is missing (saved after round {rnd}); restore it")
         return path.read_bytes()
 
     def save(self, blob: bytes, rnd: int, keep_from: int = 0, keep: int = 0) -> None:
@@ -129,7 +129,7 @@ class ClientModel:
                 if not cfg.federated.reset_client_opt:  # else momentum / Adam state starts fresh each round
                     self.opt.load_state_dict(state["opt"])
             except Exception as e:  # noqa: BLE001 - named in one line by the server
-                raise ValueError(f"client state of {source} cannot be loaded ({type(e).__name__}: {e})") from None
+                raise ValueError(f"{STATE_LOST} {source} cannot be loaded ({type(e).__name__}: {e})") from None
 
     def load_global(self, rec: ArrayRecord) -> None:
         """Take the server's head (unless heads are local), anchors (when used) and (when

@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
+from clients.protocol import ENCODER, HEAD, STATE_LOST, message_bytes, pack, unpack, unpack_arrays
 from fedanchors import dynamics
 from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
 from fedanchors.config import Config, anchor_update, anchors_used
@@ -210,8 +210,9 @@ class FedAnchors(EvaluationMixin, StateMixin):
         return self.pid_of[reply.metadata.src_node_id]
 
     def _split_replies(self, rnd: int, replies: Iterable[Message]) -> list[tuple[int, Message]]:
-        """Successful replies in partition order; failures are logged and skipped."""
-        ok = []
+        """Successful replies in partition order; failures are logged and skipped, except a
+        client whose saved state is lost (``STATE_LOST``): that stops the run, naming the file."""
+        ok, lost = [], []
         for r in replies:
             self._count(0, message_bytes(r))
             if r.has_error():
@@ -219,6 +220,7 @@ class FedAnchors(EvaluationMixin, StateMixin):
                 if self.errors is not None:  # the full traceback, for debugging a client
                     with open(self.errors, "a") as fh:
                         fh.write(f"round {rnd} client {self._partition(r)}:\n{r.error.reason}\n\n")
+                lost += [x[x.index(STATE_LOST) :].rstrip("'\">") for x in reason if STATE_LOST in x][-1:]
                 log.warning(
                     "round %d: client %d failed: %s",
                     rnd,
@@ -227,6 +229,8 @@ class FedAnchors(EvaluationMixin, StateMixin):
                 )
             else:
                 ok.append((self._partition(r), r))
+        if lost:
+            raise FedAnchorsError(f"round {rnd}: {lost[0]}")
         return sorted(ok, key=lambda t: t[0])
 
     # -- train ------------------------------------------------------------------------

@@ -74,6 +74,26 @@ def test_below_min_clients_stops_with_one_line(tmp_path):
     assert "injected fault" in (tmp_path / "digits_fed" / "client_errors.log").read_text()
 
 
+def test_a_client_state_file_lost_mid_run_stops_with_one_line(tmp_path):
+    """Through Ray: client 0's state files vanish as soon as they are written, so one round
+    finds the file it must start from gone; the run stops naming it instead of going on
+    without that client."""
+    proc = _start(tmp_path, "federated.rounds=30")
+    state = tmp_path / "digits_fed" / "clients" / "0"
+    t0 = time.time()
+    while proc.poll() is None:
+        assert time.time() - t0 < 300, "the run never stopped"
+        for f in state.glob("r*.pt"):
+            f.unlink(missing_ok=True)
+        time.sleep(0.02)
+    err = proc.stderr.read()
+    assert proc.returncode == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: round ") and "client state lost:" in last, last
+    assert str(state) in last and "restore it" in last and "Traceback" not in err
+    assert (tmp_path / "digits_fed" / "config.yaml").is_file()  # what was written is kept
+
+
 def _start(tmp_path, *sets: str) -> subprocess.Popen:
     args = ["--config", "configs/digits_fed.yaml", "--set", f"out_dir={tmp_path}", "--set", "progress=false", *FAST]
     for s in sets:

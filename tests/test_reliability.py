@@ -213,6 +213,31 @@ def test_resume_names_a_private_clients_state_file_without_its_encoder(tmp_path)
     assert _listing(run) == before
 
 
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_client_whose_state_is_lost_mid_run_stops_the_run(tmp_path, damage):
+    """Not skipped like a failed client: it would fail every later round and silently leave
+    the population. The error names the round and the file."""
+    from fedanchors.errors import FedAnchorsError
+    from server.driver import FederatedTrainer
+
+    cfg = small_config(tmp_path, mode="federated", federated={"rounds": 4, "local_steps": 1})
+    grid = InProcessGrid(cfg, 2, str(tmp_path / "clients"))
+    server = FedAnchors(cfg, 2, 10)
+    trainer = FederatedTrainer(cfg, grid, server)
+    trainer.setup()
+    trainer.train(1)
+    victim = tmp_path / "clients" / "1" / "r1.pt"
+    if damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(FedAnchorsError) as err:
+        trainer.train(2)
+    msg = str(err.value)
+    assert msg.startswith("round 2: client state lost:") and str(victim) in msg and "\n" not in msg
+    assert "missing" in msg if damage == "delete" else "cannot be loaded" in msg
+
+
 # -- two writers ----------------------------------------------------------------------------
 
 
