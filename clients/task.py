@@ -110,6 +110,7 @@ class ClientModel:
         encoder_from_server: bool = False,
     ) -> None:
         self.cfg, self.group = cfg, group
+        self.encoder_from_server = encoder_from_server  # a shared space's: the server keeps it
         self.device = resolve_device(cfg.device)
         m, a = cfg.model, cfg.anchors
         self.encoder = build_encoder(m, group.space, group.shape, cfg.seed, group.meta).to(self.device)
@@ -143,12 +144,13 @@ class ClientModel:
         if enc:
             self.encoder.load_state_dict(enc)
 
-    def blob(self, with_encoder: bool = True) -> bytes:
+    def blob(self) -> bytes:
         """Optimizer state, the encoder unless the server holds it (a shared space's: it comes
         with every message, so a copy per client would only fill the disk) and a local head,
         to keep on this node (never sent)."""
         buf = io.BytesIO()
-        state = {"encoder": self.encoder.state_dict() if with_encoder else None, "opt": self.opt.state_dict()}
+        encoder = None if self.encoder_from_server else self.encoder.state_dict()
+        state = {"encoder": encoder, "opt": self.opt.state_dict()}
         if self.cfg.federated.head_sharing == "local":
             state["head"] = self.head.state_dict()
         torch.save(state, buf)
@@ -276,12 +278,12 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     keep_from, keep = (
         (int(conf.get("state_round", 0) or 0), int(conf.get("keep_round", 0) or 0)) if not stock else (0, 0)
     )
-    shared = bool(conf["encoder_shared"])
-    store.save(model.blob(with_encoder=not shared), rnd, keep_from, keep)
+    store.save(model.blob(), rnd, keep_from, keep)
     if stock:  # exactly one ArrayRecord and one MetricRecord, as FedAvg demands
         arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    shared = bool(conf["encoder_shared"])
     parts = {"encoder": model.encoder.state_dict()} if shared else {}
     if f.head_sharing == "global":
         parts["head"] = model.head.state_dict()

@@ -220,7 +220,10 @@ class FedAnchors(EvaluationMixin, StateMixin):
                 if self.errors is not None:  # the full traceback, for debugging a client
                     with open(self.errors, "a") as fh:
                         fh.write(f"round {rnd} client {self._partition(r)}:\n{r.error.reason}\n\n")
-                lost += [x[x.index(STATE_LOST) :].rstrip("'\">") for x in reason if STATE_LOST in x][-1:]
+                gone = [x[x.index(STATE_LOST) :].rstrip("'\">") for x in reason if STATE_LOST in x]
+                if gone:  # the run's one-line error below says it
+                    lost.append(gone[-1])
+                    continue
                 log.warning(
                     "round %d: client %d failed: %s",
                     rnd,

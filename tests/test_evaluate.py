@@ -68,18 +68,23 @@ def test_evaluate_reproduces_a_federated_summary_from_client_state_files(tmp_pat
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--checkpoint newest" in res.stderr
 
 
-def test_evaluate_names_a_missing_client_state_file(tmp_path):
+@pytest.mark.parametrize("damage", ["missing", "no encoder"])
+def test_evaluate_names_a_missing_client_state_file(tmp_path, damage):
     cfg = small_config(tmp_path, mode="federated", federated={"rounds": 2})
     rundir = RunDir.create(cfg)
     run_rounds(cfg, 2, run=rundir)
     rundir.release()
     best = torch.load(rundir.path / "checkpoints" / "best_server.pt", weights_only=True)
     victim = rundir.path / "clients" / "1" / f"r{best['client_rounds'][1]}.pt"
-    victim.unlink()
+    if damage == "missing":
+        victim.unlink()
+    else:  # a private encoder's file without it (as a shared space's client writes)
+        torch.save(torch.load(victim, weights_only=True) | {"encoder": None}, victim)
     res = subprocess.run(
         [sys.executable, "-m", "fedanchors.evaluate", str(rundir.path)], cwd=REPO, capture_output=True, text=True
     )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and str(victim) in res.stderr
+    assert damage in res.stderr
 
 
 @pytest.mark.parametrize("method", ["erm", "groupdro"])
