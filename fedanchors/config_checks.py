@@ -8,6 +8,9 @@ import math
 
 from fedanchors.config import Config
 from fedanchors.errors import ConfigError
+from fedanchors.names import check_name
+
+MAX_RUN_NAME = 128  # a run directory's name (filesystems allow 255 bytes; "-2" suffixes and UTF-8 need room)
 
 
 def validate(cfg: Config) -> None:
@@ -127,10 +130,10 @@ def validate(cfg: Config) -> None:
 def check_run_name(name: str) -> None:
     """A run name is one path component: no separators, not ``.`` or ``..``, no NUL."""
     bad = [c for c in ("/", "\\", "\0") if c in name]
-    if bad or name in (".", "..") or name.startswith("~"):
+    if bad or name in (".", "..") or name.startswith("~") or len(name) > MAX_RUN_NAME:
         raise ConfigError(
-            f"name: {name!r} is not a plain name (no '/', '\\', '..' or '~'); runs are written under out_dir, "
-            "so pick a name such as 'mnist_lr01' and move out_dir to change where"
+            f"name: {name!r} is not a plain name (no '/', '\\', '..' or '~', at most {MAX_RUN_NAME} characters); "
+            "runs are written under out_dir, so pick a name such as 'mnist_lr01' and move out_dir to change where"
         )
 
 
@@ -147,4 +150,7 @@ def _check_registered(cfg: Config) -> None:
     models.HEADS.get(cfg.model.head, "model.head")
     models.ENCODERS.get(cfg.model.encoder.kind, "model.encoder.kind")
     for space, enc in cfg.model.encoders.items():
+        check_name(space, f"model.encoders.{space}")
         models.ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")
+    for group in cfg.federated.group_clients:
+        check_name(group, f"federated.group_clients.{group}")

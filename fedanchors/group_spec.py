@@ -76,7 +76,7 @@ class GroupSpec:
     writers: tuple[str, ...] = ()  # sources with writers (femnist)
     where: dict[str, int] = field(default_factory=dict)  # per-example attributes, e.g. waterbirds {place: 1}
     # transforms, applied in this order
-    resize: int = 0
+    resize: int | None = None  # pixels (4..1024); None: the source's own size
     dots: DotsSpec | None = None
     colour: ColourSpec | None = None
     greyscale: bool = False

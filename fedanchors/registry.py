@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from fedanchors.errors import ConfigError
+from fedanchors.names import name_problem
 
 T = TypeVar("T")
 
@@ -24,6 +25,10 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the decorated object under ``name``."""
+
+        why = name_problem(name)  # a registered name reaches config keys, metric keys and paths
+        if why:
+            raise ValueError(f"{self.kind} name {name!r} is not a valid name ({why})")
 
         def deco(obj: T) -> T:
             if name in self._items:

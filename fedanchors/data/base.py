@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fedanchors.config import DataConfig, _build
 from fedanchors.errors import ConfigError, DataError
+from fedanchors.names import check_name
 from fedanchors.registry import Registry
 
 SCENARIOS: Registry = Registry("scenario")
@@ -60,6 +61,15 @@ class ScenarioData:
     num_classes: int
     # named class subsets reported as ``acc_<name>`` over every test sample of those classes
     class_sets: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a scenario written in Python names its groups, spaces and class sets itself: the
+        # same rule as YAML groups, since each becomes a metric key or a file name
+        for g in self.groups:
+            check_name(g.name, f"group {g.name!r}")
+            check_name(g.space, f"group {g.name!r}'s input space")
+        for k in self.class_sets:
+            check_name(k, f"class set {k!r}")
 
     @property
     def names(self) -> list[str]:

@@ -31,6 +31,7 @@ from fedanchors.data.sources import SOURCES, Pool, Source, SourceData
 from fedanchors.data.transforms import derive, image_transforms, longtail, space_name, spectrograms
 from fedanchors.errors import ConfigError, DataError
 from fedanchors.group_spec import GroupSpec
+from fedanchors.names import check_name
 
 
 def source_options(src: Source, spec: GroupSpec, key: str):
@@ -56,6 +57,9 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
         key = f"{where}[{i}]"
         if not g.name or not g.source:
             raise ConfigError(f"{key}: every group needs a name and a source, e.g. {{name: mnist28, source: mnist}}")
+        check_name(g.name, f"{key}.name")
+        if g.space:
+            check_name(g.space, f"{key}.space")
         if g.name in names:
             raise ConfigError(f"{key}.name: group {g.name!r} is declared twice; group names must be unique")
         names.add(g.name)
@@ -80,6 +84,12 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
             raise ConfigError(f"{key}.where: source {g.source} has no attribute {unknown} (it has: {list(src.attrs)})")
         if g.partition is not None:
             PARTITIONERS.get(g.partition.kind, f"{key}.partition.kind")
+            if not g.partition.alpha > 0 or g.partition.labels < 1:
+                raise ConfigError(
+                    f"{key}.partition: alpha must be > 0 and labels >= 1, got {g.partition.alpha}, {g.partition.labels}"
+                )
+        if g.dots is not None and any(not 0 <= c < n_classes for c in g.dots.classes):
+            raise ConfigError(f"{key}.dots.classes: {list(g.dots.classes)} outside labels 0..{n_classes - 1}")
         if g.colour is not None and not all(coloured):
             raise ConfigError(f"{key}.colour relabels to 2 classes (y < C/2); give every group a colour or none")
         modality, shape = derive(g, src.modality(opts), src.shape(opts), key)

@@ -16,6 +16,7 @@ from fedanchors.errors import ConfigError
 from fedanchors.group_spec import ColourSpec, DotsSpec, FeatureSpec, GroupSpec
 
 FEATURES = ("log_mel",)
+MAX_SIDE = 1024  # the largest image side a resize may ask for
 
 
 def derive(spec: GroupSpec, modality: str, shape: tuple[int, ...], key: str) -> tuple[str, tuple[int, ...]]:
@@ -25,10 +26,12 @@ def derive(spec: GroupSpec, modality: str, shape: tuple[int, ...], key: str) -> 
         if modality != kind:
             raise ConfigError(f"{key}.{what}: applies to {kind} groups, but source {spec.source} gives {modality}")
 
-    if spec.resize:
+    if spec.resize is not None:
         need("image", "resize")
-        if spec.resize < 4:
-            raise ConfigError(f"{key}.resize must be >= 4 pixels, got {spec.resize}")
+        if not 4 <= spec.resize <= MAX_SIDE:
+            raise ConfigError(
+                f"{key}.resize must be 4..{MAX_SIDE} pixels, got {spec.resize}; omit it to keep the source's size"
+            )
         shape = (shape[0], spec.resize, spec.resize)
     if spec.dots is not None:
         need("image", "dots")
@@ -57,6 +60,14 @@ def derive(spec: GroupSpec, modality: str, shape: tuple[int, ...], key: str) -> 
             raise ConfigError(f"{key}.features.kind: {f.kind!r} is not one of {', '.join(FEATURES)}")
         if f.n_mels < 1 or f.hop < 1 or f.n_fft < 2:
             raise ConfigError(f"{key}.features: n_mels and hop must be >= 1, n_fft >= 2")
+        if f.n_fft > shape[0] or f.hop > shape[0]:
+            raise ConfigError(
+                f"{key}.features: n_fft={f.n_fft} and hop={f.hop} must be at most the {shape[0]} samples of a waveform"
+            )
+        if f.n_mels > f.n_fft // 2 + 1:
+            raise ConfigError(
+                f"{key}.features.n_mels={f.n_mels} exceeds the n_fft // 2 + 1 = {f.n_fft // 2 + 1} frequency bins"
+            )
         modality, shape = "spectrogram", (1, f.n_mels, 1 + shape[0] // f.hop)
     if modality == "audio":
         raise ConfigError(f"{key}: source {spec.source} gives waveforms; add features: {{kind: log_mel}}")
@@ -134,7 +145,7 @@ def image_transforms(
     spec: GroupSpec, x: torch.Tensor, y: torch.Tensor, split: str, num_classes: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """resize, dots, colour, greyscale (in that order) on one split of an image group."""
-    if spec.resize:
+    if spec.resize is not None:
         x = resize(x, spec.resize)
     if spec.dots is not None and split in spec.dots.splits:
         x = add_dots(x, y, spec.dots)
