@@ -18,6 +18,9 @@ HEAD, ANCHORS, ENCODER = "head.", "anchors.", "encoder."
 # unreadable: not a transient failure to skip, since every later round would fail the same
 # way and the client would silently leave the population; the server stops the run on it
 STATE_LOST = "client state lost:"
+# the marker of a client whose state file could not be written (disk full, read-only, no
+# permission): the run stops with that one line, the server's last checkpoint intact
+WRITE_FAILED = "client state not written:"
 
 
 def pack(**modules: dict[str, torch.Tensor]) -> ArrayRecord:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from clients.protocol import ANCHORS, ENCODER, HEAD, STATE_LOST, pack, pack_arrays, unpack
+from clients.protocol import ANCHORS, ENCODER, HEAD, STATE_LOST, WRITE_FAILED, pack, pack_arrays, unpack
 from fedanchors.analysis import group_class_gaussians
 from fedanchors.config import Config, anchors_used, to_dict
 from fedanchors.data import GroupData, ScenarioData, build_scenario
+from fedanchors.fileio import WriteError, write_atomic
 from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import stats_to_moments
@@ -89,10 +89,10 @@ class ClientState:
         if self.dir is None:
             self.context.state["client"] = ConfigRecord({"blob": blob})
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"r{rnd}.pt.tmp"
-        tmp.write_bytes(blob)
-        os.replace(tmp, self.dir / f"r{rnd}.pt")
+        try:
+            write_atomic(self.dir / f"r{rnd}.pt", blob)
+        except WriteError as e:
+            raise RuntimeError(f"{WRITE_FAILED} {e}") from None
         for old in [r for r in self._rounds() if r < keep_from and r != keep]:
             (self.dir / f"r{old}.pt").unlink(missing_ok=True)
 
@@ -198,6 +198,23 @@ def _fault(cfg: Config, pid: int, rnd: int) -> None:
         raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.fault_*)")
 
 
+def _misbehaviour(cfg: Config, pid: int, rnd: int) -> tuple[str, float] | None:
+    """Testing aid: this client's ``federated.faults`` entry active in round ``rnd`` (kind, scale)."""
+    for f in cfg.federated.faults:
+        if f.partition == pid and rnd >= f.from_round and (not f.rounds or rnd < f.from_round + f.rounds):
+            if f.kind == "raise":
+                raise RuntimeError(f"injected fault: partition {pid} in round {rnd} (federated.faults)")
+            return f.kind, f.scale
+    return None
+
+
+def _corrupt(parts: dict, start: dict, kind: str, scale: float) -> dict:
+    """A faulty reply's arrays: NaN everywhere, or the global model plus ``scale`` x the update."""
+    if kind == "nan":
+        return {m: {k: torch.full_like(v, float("nan")) for k, v in sd.items()} for m, sd in parts.items()}
+    return {m: {k: start[m][k] + scale * (v - start[m][k]) for k, v in sd.items()} for m, sd in parts.items()}
+
+
 def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: ClientState) -> ClientModel:
     """The client's model from the state file of the round the server names (stock strategies:
     context.state)."""
@@ -206,6 +223,10 @@ def _model(cfg: Config, msg: Message, data: ScenarioData, pid: int, store: Clien
     source = str(store.dir / f"r{rnd}.pt") if store.dir is not None else "context.state"
     from_server = not _is_stock(msg) and any(k.startswith(ENCODER) for k in msg.content["global"].keys())
     return ClientModel(cfg, client_group(cfg, pid)[0], data.num_classes, store.load(rnd), source, from_server)
+
+
+def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def _log_prior(conf) -> torch.Tensor | None:
@@ -239,9 +260,11 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
     group = client_group(cfg, pid)[0]
     _fault(cfg, pid, rnd)
+    bad = _misbehaviour(cfg, pid, rnd)
     model = _model(cfg, msg, data, pid, store)
     stock = _is_stock(msg)
     model.load_global(msg.content["arrays" if stock else "global"])
+    start = {"head": _copy(model.head), "encoder": _copy(model.encoder)} if bad else {}
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
     f = cfg.federated
     if f.local_steps:
@@ -287,8 +310,11 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     parts = {"encoder": model.encoder.state_dict()} if shared else {}
     if f.head_sharing == "global":
         parts["head"] = model.head.state_dict()
-    arrays = pack(**parts)
     loss = res["loss_first"] if f.group_loss == "first" else res["loss"]  # the group loss GroupDRO reads
+    if bad:
+        parts = _corrupt(parts, start, *bad)
+        loss = float("nan") if bad[0] == "nan" else loss
+    arrays = pack(**parts)
     metrics = MetricRecord({"partition": pid, "num-examples": len(group.train), "loss": loss, "fit": res["fit"], **jac})
     content = RecordDict({"global": arrays, "metrics": metrics})
     if anchors_used(cfg):  # the class moments the anchors are fitted to

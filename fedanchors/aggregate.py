@@ -1,7 +1,8 @@
 """Server-side maths of a federated round, free of any Flower type.
 
-- ``weighted_average``: the head (all clients) and each shared encoder (the clients of
-  its input space), weights renormalised over the clients that hold the tensor;
+- ``AGGREGATIONS``: the rules that turn the clients' heads and shared encoders into one
+  (``federated.aggregation``: FedAvg's weighted ``mean``, and the robust ``median``,
+  ``trimmed_mean`` and ``krum``), and ``clip_update``, the update-norm bound;
 - ``fit_anchors``: a Wasserstein-barycenter step of the anchors toward the clients'
   class moments, then gradient steps on the separation loss;
 - ``space_weights``: a client's total holder weight, which scales its encoder gradient.
@@ -9,17 +10,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from fedanchors.anchors import AnchorModule
 from fedanchors.config import AnchorConfig, OptimConfig
 from fedanchors.losses import anchor_fit_objective
+from fedanchors.registry import Registry
 from fedanchors.train import separation_loss
 from fedanchors.wasserstein import sqrtm_psd
 
+State = dict[str, torch.Tensor]
+# an aggregation rule: (clients' states, their weights, the options) -> one state. Each rule
+# sees whole states so that rules over vectors (Krum) and over coordinates (median) fit alike
+AGGREGATIONS: Registry[Callable[..., State]] = Registry("aggregation")
 
-def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+
+@dataclass(frozen=True)
+class AggregationOptions:
+    """The rules' own settings (``federated.trim_fraction``, ``federated.krum_byzantine``)."""
+
+    trim_fraction: float = 0.1
+    byzantine: int = 1
+
+
+def weighted_average(states: list[State], weights: list[float]) -> State:
     """sum_i (w_i / sum w) * state_i, key by key (float accumulation in float64)."""
     total = float(sum(weights))
     if not states or total <= 0:
@@ -29,6 +47,73 @@ def weighted_average(states: list[dict[str, torch.Tensor]], weights: list[float]
         acc = sum((w / total) * s[k].double() for s, w in zip(states, weights))
         out[k] = acc.to(states[0][k].dtype)
     return out
+
+
+@AGGREGATIONS.register("mean")
+def mean_rule(states: list[State], weights: list[float], opts: AggregationOptions) -> State:
+    """FedAvg's weighted mean, the weights being the method's (GroupDRO's q split over clients)."""
+    return weighted_average(states, weights)
+
+
+def _stack(states: list[State], k: str) -> torch.Tensor:
+    return torch.stack([s[k].double() for s in states])
+
+
+@AGGREGATIONS.register("median")
+def median_rule(states: list[State], weights: list[float], opts: AggregationOptions) -> State:
+    """Coordinate-wise median (Yin et al. 2018, Def. 1): per coordinate the middle value of the
+    n clients', the mean of the two middle ones for even n. Every client counts once."""
+    n = len(states)
+    out = {}
+    for k in states[0]:
+        s = _stack(states, k).sort(0).values
+        mid = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        out[k] = mid.to(states[0][k].dtype)
+    return out
+
+
+@AGGREGATIONS.register("trimmed_mean")
+def trimmed_mean_rule(states: list[State], weights: list[float], opts: AggregationOptions) -> State:
+    """Coordinate-wise beta-trimmed mean (Yin et al. 2018, Def. 2): per coordinate drop the
+    floor(beta n) largest and smallest values, average the rest. Every client counts once."""
+    n = len(states)
+    b = int(opts.trim_fraction * n)
+    if n - 2 * b < 1:
+        raise ValueError(f"trimmed_mean with trim_fraction {opts.trim_fraction} leaves no client of {n}")
+    return {k: _stack(states, k).sort(0).values[b : n - b].mean(0).to(v.dtype) for k, v in states[0].items()}
+
+
+def krum_scores(vectors: torch.Tensor, f: int) -> torch.Tensor:
+    """Krum's score of each of n vectors (n, p) (Blanchard et al. 2017): the sum of squared
+    distances to its n - f - 2 nearest other vectors."""
+    n = vectors.shape[0]
+    d2 = torch.cdist(vectors, vectors).pow(2)
+    k = n - f - 2
+    nearest = d2.sort(1).values[:, 1 : k + 1]  # column 0 is the vector itself (distance 0)
+    return nearest.sum(1)
+
+
+@AGGREGATIONS.register("krum")
+def krum_rule(states: list[State], weights: list[float], opts: AggregationOptions) -> State:
+    """Krum (Blanchard et al. 2017): the one client's state whose update is closest to its
+    n - f - 2 neighbours (f = ``krum_byzantine``; needs n >= 2f + 3). Ties: the lowest index."""
+    n, f = len(states), opts.byzantine
+    if n < 2 * f + 3:
+        raise ValueError(f"krum with krum_byzantine={f} needs at least {2 * f + 3} clients, got {n}")
+    flat = torch.stack([torch.cat([s[k].double().flatten() for k in states[0]]) for s in states])
+    best = int(torch.argmin(krum_scores(flat, f)))
+    return {k: v.clone() for k, v in states[best].items()}
+
+
+def clip_update(state: State, ref: State, bound: float) -> tuple[State, float]:
+    """``ref + (state - ref) * min(1, bound / ||state - ref||)``: the client's update scaled to
+    norm at most ``bound`` (the L2 norm over every tensor of the state); and the norm before."""
+    delta = {k: state[k].double() - ref[k].double() for k in state}
+    norm = float(torch.sqrt(sum((d**2).sum() for d in delta.values())))
+    if norm <= bound:
+        return state, norm
+    scale = bound / norm
+    return {k: (ref[k].double() + scale * d).to(state[k].dtype) for k, d in delta.items()}, norm
 
 
 def space_weights(spaces: list[str], weights: torch.Tensor) -> list[float]:

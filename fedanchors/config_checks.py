@@ -53,6 +53,8 @@ def validate(cfg: Config) -> None:
         "loss.tau": cfg.loss.tau,
         "analysis.max_examples": cfg.analysis.max_examples,
         "analysis.probe_lr": cfg.analysis.probe_lr,
+        "federated.max_update_norm": cfg.federated.max_update_norm,
+        "federated.krum_byzantine": cfg.federated.krum_byzantine,
     }
     for key, v in nonneg.items():
         if v < 0:
@@ -72,6 +74,7 @@ def validate(cfg: Config) -> None:
             f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"
         )
     check_run_name(cfg.name)
+    _check_robustness(cfg.federated)
     if not 0 <= cfg.federated.dropout < 1:
         raise ConfigError(f"federated.dropout must be in [0, 1), got {cfg.federated.dropout}")
     for g, k in cfg.federated.group_clients.items():
@@ -127,6 +130,23 @@ def validate(cfg: Config) -> None:
     _check_registered(cfg)
 
 
+FAULT_KINDS = ("nan", "scale", "raise")
+
+
+def _check_robustness(f) -> None:
+    """Aggregation options and the fault injections (testing aids) of ``federated``."""
+    if not 0 <= f.trim_fraction < 0.5:
+        raise ConfigError(f"federated.trim_fraction must be in [0, 0.5), got {f.trim_fraction}")
+    for i, fault in enumerate(f.faults):
+        key = f"federated.faults[{i}]"
+        if fault.kind not in FAULT_KINDS:
+            raise ConfigError(f"{key}.kind: {fault.kind!r} is not one of {', '.join(FAULT_KINDS)}")
+        if fault.partition < 0 or fault.from_round < 1 or fault.rounds < 0:
+            raise ConfigError(f"{key}: partition >= 0, from_round >= 1 and rounds >= 0 (0: to the end)")
+        if not (math.isfinite(fault.scale) and fault.scale > 0):
+            raise ConfigError(f"{key}.scale must be a finite number > 0, got {fault.scale}")
+
+
 def check_run_name(name: str) -> None:
     """A run name is one path component: no separators, not ``.`` or ``..``, no NUL."""
     bad = [c for c in ("/", "\\", "\0") if c in name]
@@ -139,12 +159,13 @@ def check_run_name(name: str) -> None:
 
 def _check_registered(cfg: Config) -> None:
     """Names that point into registries must exist (imported late: registries fill on import)."""
-    from fedanchors import losses, methods, models, population, server_opt
+    from fedanchors import aggregate, losses, methods, models, population, server_opt
     from fedanchors.data import check_data_config
 
     check_data_config(cfg.data)
     methods.METHODS.get(cfg.method.name, "method.name")
     server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
+    aggregate.AGGREGATIONS.get(cfg.federated.aggregation, "federated.aggregation")
     population.PARTITIONERS.get(cfg.federated.partition, "federated.partition")
     losses.SEPARATIONS.get(cfg.anchors.sep, "anchors.sep")
     models.HEADS.get(cfg.model.head, "model.head")

@@ -150,6 +150,20 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class FaultSpec:
+    """Testing aid: a client that misbehaves (``federated.faults``) from ``from_round`` for
+    ``rounds`` rounds (0: to the end). ``nan``: its training reply's head (and shared encoder)
+    and loss are NaN; ``scale``: it sends ``global + scale * (its update)``, an update ``scale``
+    times too large; ``raise``: its training fails."""
+
+    partition: int = 0
+    kind: str = "nan"
+    from_round: int = 1
+    rounds: int = 0
+    scale: float = 1000.0
+
+
+@dataclass(frozen=True)
 class FederatedConfig:
     """Flower simulation: rounds, local work, Ray resources and fault tolerance."""
 
@@ -184,6 +198,16 @@ class FederatedConfig:
     fault_partition: int = -1  # testing aid: this partition raises ...
     fault_round: int = 0  # ... from this round (train and evaluate) ...
     fault_rounds: int = 1  # ... for this many rounds
+    faults: tuple[FaultSpec, ...] = ()  # testing aid: misbehaving clients (nan / scale / raise replies)
+    # how the clients' heads and shared encoders become one (fedanchors.aggregate.AGGREGATIONS):
+    # mean (FedAvg, weighted by the method), or the robust median / trimmed_mean / krum, where
+    # every client counts once (the method's group weights do not enter)
+    aggregation: str = "mean"
+    trim_fraction: float = 0.1  # trimmed_mean: this share of the clients dropped at each end, per coordinate
+    krum_byzantine: int = 1  # krum: the number f of Byzantine clients tolerated (needs >= 2f + 3 replies)
+    # > 0: each client's update of the head and shared encoders (reply - global) is scaled down to
+    # at most this L2 norm before aggregation
+    max_update_norm: float = 0.0
     # populations (fedanchors.population): clients per group, how a group's examples are cut
     clients: int = 1  # clients holding each group ...
     group_clients: dict[str, int] = field(default_factory=dict)  # ... or per group

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedanchors.fileio import append_line, write_atomic
 from fedanchors.losses import class_loss
 
 
@@ -207,10 +208,9 @@ class AnalysisLog:
         if self.path is None or not records:
             return
         self.count += len(records)
-        with open(self.path, "a") as fh:
-            for r in records:
-                fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                     for k, v in r.items()}) + "\n")  # fmt: skip
+        for r in records:
+            append_line(self.path, json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                               for k, v in r.items()}))  # fmt: skip
 
     def truncate(self, unit: str, last: int, lines: int | None = None) -> None:
         """Keep what was written up to the checkpoint a run resumes from: its first ``lines``
@@ -221,7 +221,7 @@ class AnalysisLog:
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)[unit] <= last]
         keep = keep if lines is None else keep[:lines]
-        self.path.write_text("".join(k + "\n" for k in keep))
+        write_atomic(self.path, "".join(k + "\n" for k in keep).encode())
         self.count = len(keep)
 
 

@@ -22,6 +22,7 @@ import torch
 from fedanchors.config import Config, load_config
 from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.fileio import write_atomic
 from fedanchors.metrics import client_accuracies, client_summary, group_metrics, split_counts, summarize
 from fedanchors.models import build_encoder, build_head
 from fedanchors.population import build_population, client_data, has_population, held_out
@@ -150,9 +151,7 @@ def evaluate_run(path: str | os.PathLike, split: str = "test", which: str = "bes
             accs = client_accuracies(encoders, head, data, population, split, device)
             metrics |= client_summary(accs, [c.group for c in population], data.names) | {"client_accs": accs}
     out = {f"{split}_{k}": v for k, v in metrics.items()}
-    tmp = run.path / f"evaluate_{which}_{split}.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(out), indent=2) + "\n")
-    os.replace(tmp, run.path / f"evaluate_{which}_{split}.json")
+    write_atomic(run.path / f"evaluate_{which}_{split}.json", (json.dumps(_jsonable(out), indent=2) + "\n").encode())
     return out
 
 

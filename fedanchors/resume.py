@@ -9,18 +9,19 @@ from the last one and ends with exactly the metrics of an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from fedanchors.errors import FedAnchorsError
+from fedanchors.fileio import save_atomic, write_atomic
+
+__all__ = ["save_atomic", "load", "CheckpointError", "Interrupted", "StopFlag"]  # save_atomic: fedanchors.fileio
 
 
 class Interrupted(FedAnchorsError):
@@ -29,14 +30,6 @@ class Interrupted(FedAnchorsError):
 
 class CheckpointError(FedAnchorsError):
     """A checkpoint or client state file is missing, corrupt or of the wrong kind."""
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file and a rename: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load(
@@ -122,9 +115,7 @@ def truncate_metrics(run_path: Path, key: str, last: int) -> None:
             break  # a line cut by the kill
         if int(rec.get(key, 0)) <= last:
             keep.append(line)
-    tmp = path.with_name("metrics.jsonl.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(x + "\n" for x in keep).encode())
 
 
 LOOP_KEYS = ("best", "best_t", "stopped", "elapsed")  # fedanchors.loop's own, in both modes

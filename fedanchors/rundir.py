@@ -19,6 +19,7 @@ import torch
 
 from fedanchors.config import Config, save_config
 from fedanchors.errors import ConfigError
+from fedanchors.fileio import append_line, write_atomic, write_error
 
 
 def _jsonable(v: Any) -> Any:
@@ -126,8 +127,12 @@ class RunDir:
     @classmethod
     def _init(cls, path: Path, cfg: Config) -> RunDir:
         run = cls(path)
-        (path / "checkpoints").mkdir(exist_ok=True)
-        save_config(cfg, path / "config.yaml")
+        try:
+            (path / "checkpoints").mkdir(exist_ok=True)
+            save_config(cfg, path / "config.yaml")
+        except OSError as e:
+            run.release()
+            raise write_error(e, path / "config.yaml") from None
         return run
 
     @classmethod
@@ -141,8 +146,7 @@ class RunDir:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one line to metrics.jsonl, and pass the record to the trackers."""
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(record)) + "\n")
+        append_line(self.path / "metrics.jsonl", json.dumps(_jsonable(record)))
         for t in self.trackers:
             t.log(record)
 
@@ -156,9 +160,7 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write summary.json atomically."""
-        tmp = self.path / "summary.json.tmp"
-        tmp.write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-        os.replace(tmp, self.path / "summary.json")
+        write_atomic(self.path / "summary.json", (json.dumps(_jsonable(summary), indent=2) + "\n").encode())
 
     def checkpoint(self, name: str) -> Path:
         return self.path / "checkpoints" / name

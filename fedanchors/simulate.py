@@ -13,6 +13,7 @@ import sys
 
 from fedanchors.config import Config, load_config, replace, to_dict
 from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.fileio import as_write_error
 from fedanchors.resume import Interrupted
 
 EXIT_USER_ERROR = 2
@@ -75,6 +76,15 @@ def check_against_data(cfg: Config, data) -> None:
         raise ConfigError(
             f"federated.fault_partition={f.fault_partition} names no client: partitions are 0..{n - 1}; "
             "use one of them or -1 (off)"
+        )
+    bad = [x.partition for x in f.faults if x.partition >= n]
+    if bad:
+        raise ConfigError(f"federated.faults: partition {bad[0]} names no client: partitions are 0..{n - 1}")
+    per_round = f.clients_per_round or n
+    if f.aggregation == "krum" and per_round < 2 * f.krum_byzantine + 3:
+        raise ConfigError(
+            f"federated.aggregation: krum with krum_byzantine={f.krum_byzantine} needs at least "
+            f"{2 * f.krum_byzantine + 3} clients per round, the run has {per_round}; lower krum_byzantine"
         )
     if f.min_clients > n:
         raise ConfigError(f"federated.min_clients={f.min_clients} exceeds the population of {n} clients")
@@ -255,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_USER_ERROR)
+    except OSError as e:  # a write the machine refused anywhere else (a plot, a tracker's file)
+        err = as_write_error(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -31,7 +31,7 @@ class EvaluationMixin:
     def aggregate_adapt(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
         """``test_new_*``: the held-out clients' metrics after adaptation (each group over its new
         clients; NaN unless every new client answered), and their client-level accuracies."""
-        ok = self._split_replies(rnd, replies)
+        ok = self._vet_evaluate(rnd, self._split_replies(rnd, replies, "adapt"), ("val", "test"), "adapt")
         complete = {p for p, _ in ok} == self.held
         out = {}
         for split in ("val", "test"):
@@ -51,7 +51,7 @@ class EvaluationMixin:
         """Per split, the group-wise metrics over the clients' counts: a group's counts are the
         sum over its clients, and a group with a client missing counts as not evaluated (NaN
         worst-group and overall accuracies: never a metric over part of the groups)."""
-        ok = self._split_replies(rnd, replies)
+        ok = self._vet_evaluate(rnd, self._split_replies(rnd, replies, "evaluate"), splits)
         got = {p for p, _ in ok}
         whole = {g for g in range(len(self.names)) if set(self.members(g)) <= got}
         self.round_ok &= whole

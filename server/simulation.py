@@ -15,6 +15,7 @@ import torch
 from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.fileio import as_write_error
 from fedanchors.resume import StopFlag
 from fedanchors.rundir import RunDir
 from server import reaper
@@ -196,6 +197,7 @@ def simulate_apps(
             holder["abort"].set()
     if "error" in holder:
         err = holder["error"]
+        err = as_write_error(err) or err  # a refused write in the ServerApp: the one line naming the file
         raise err if isinstance(err, FedAnchorsError) else FedAnchorsError(f"federated run failed: {err}")
     if "summary" not in holder:
         raise FedAnchorsError("the Flower simulation ended before the server finished; see the log above")

@@ -17,9 +17,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.protocol import ENCODER, HEAD, STATE_LOST, message_bytes, pack, unpack, unpack_arrays
+from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors import dynamics
-from fedanchors.aggregate import fit_anchors, space_weights, weighted_average
+from fedanchors.aggregate import AGGREGATIONS, AggregationOptions, clip_update, fit_anchors, space_weights
 from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
@@ -31,12 +31,13 @@ from fedanchors.population import drop_out, held_out, sample_clients, split_weig
 from fedanchors.server_opt import build_server_optimizer
 from server.analysis import RoundAnalysis
 from server.evaluation import EvaluationMixin
+from server.replies import RepliesMixin
 from server.state import StateMixin
 
 log = logging.getLogger("fedanchors.server")
 
 
-class FedAnchors(EvaluationMixin, StateMixin):
+class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
     """Server state: head, anchors, shared encoders, GroupDRO q; one client per group.
 
     Evaluation and new-client messages are in ``server.evaluation``, checkpointed state in
@@ -108,11 +109,11 @@ class FedAnchors(EvaluationMixin, StateMixin):
                 "start exactly one SuperNode per group"
             )
         msgs = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n, group_id="query") for n in ids]
-        replies = [
-            r for r in grid.send_and_receive(msgs, timeout=self.cfg.federated.round_timeout) if not r.has_error()
-        ]
+        replies = self.setup_replies(grid.send_and_receive(msgs, timeout=self.cfg.federated.round_timeout))
         if len(replies) < self.num_clients:
-            raise FedAnchorsError(f"only {len(replies)} of {self.num_clients} clients answered the setup query")
+            raise FedAnchorsError(
+                f"only {len(replies)} of {self.num_clients} clients answered the setup query (failures: see above)"
+            )
         info = {}
         for r in replies:
             pid = int(r.content["metrics"]["partition"])
@@ -209,33 +210,6 @@ class FedAnchors(EvaluationMixin, StateMixin):
     def _partition(self, reply: Message) -> int:
         return self.pid_of[reply.metadata.src_node_id]
 
-    def _split_replies(self, rnd: int, replies: Iterable[Message]) -> list[tuple[int, Message]]:
-        """Successful replies in partition order; failures are logged and skipped, except a
-        client whose saved state is lost (``STATE_LOST``): that stops the run, naming the file."""
-        ok, lost = [], []
-        for r in replies:
-            self._count(0, message_bytes(r))
-            if r.has_error():
-                reason = (r.error.reason or "").strip().splitlines()
-                if self.errors is not None:  # the full traceback, for debugging a client
-                    with open(self.errors, "a") as fh:
-                        fh.write(f"round {rnd} client {self._partition(r)}:\n{r.error.reason}\n\n")
-                gone = [x[x.index(STATE_LOST) :].rstrip("'\">") for x in reason if STATE_LOST in x]
-                if gone:  # the run's one-line error below says it
-                    lost.append(gone[-1])
-                    continue
-                log.warning(
-                    "round %d: client %d failed: %s",
-                    rnd,
-                    self._partition(r),
-                    reason[-1].rstrip("'>") if reason else r.error.code,
-                )
-            else:
-                ok.append((self._partition(r), r))
-        if lost:
-            raise FedAnchorsError(f"round {rnd}: {lost[0]}")
-        return sorted(ok, key=lambda t: t[0])
-
     # -- train ------------------------------------------------------------------------
     def configure_train(self, rnd: int) -> list[Message]:
         """Round ``rnd``'s train messages: the sampled clients (``federated.clients_per_round``,
@@ -272,17 +246,17 @@ class FedAnchors(EvaluationMixin, StateMixin):
 
     def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
         """Aggregate round ``rnd``'s replies into the server state; the round's training metrics."""
-        ok = self._split_replies(rnd, replies)
+        ok = self._vet_train(rnd, self._split_replies(rnd, replies, "train"))
         if len(ok) < self.cfg.federated.min_clients:
             raise FedAnchorsError(
                 f"round {rnd}: {len(ok)} client replies, fewer than federated.min_clients="
-                f"{self.cfg.federated.min_clients}; see the client errors above (tracebacks: client_errors.log)"
+                f"{self.cfg.federated.min_clients}; see the client errors and rejected replies above "
+            "(details: client_errors.log)"
             )
         pids = [p for p, _ in ok]
         G = len(self.names)
         check = self._checker(f"round {rnd}")
-        client_loss = {p: float(r.content["metrics"]["loss"]) for p, r in ok}
-        check({f"the training loss of client {p} ({self.info[p]['group']})": v for p, v in client_loss.items()})
+        client_loss = {p: float(r.content["metrics"]["loss"]) for p, r in ok}  # vetted: finite, >= 0
         answered = sorted({self.cgroup[p] for p in pids})
         self.round_ok = set(answered)
         # a group's loss: the example-weighted mean of its answering clients' losses
@@ -345,23 +319,36 @@ class FedAnchors(EvaluationMixin, StateMixin):
         return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
 
     def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> None:
-        """Head and shared encoders: the weighted average of the clients' models, then the
-        server optimizer's step (``sgd`` at lr 1: the average itself)."""
-        current, averaged = {}, {}
-        if self.cfg.federated.head_sharing == "global":  # local heads never leave their clients
-            current = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-            heads = [unpack(r.content["global"], HEAD) for _, r in ok]
-            averaged = {f"head.{k}": v for k, v in weighted_average(heads, w).items()}
-        for space, enc in self.encoders.items():
-            held = [(wi, r) for wi, (p, r) in zip(w, ok) if self.info[p]["space"] == space]
-            if held:
-                avg = weighted_average([unpack(r.content["global"], ENCODER) for _, r in held], [wi for wi, _ in held])
-                current.update({f"encoder.{space}.{k}": v for k, v in enc.state_dict().items()})
-                averaged.update({f"encoder.{space}.{k}": v for k, v in avg.items()})
-        if not averaged:
+        """Head and shared encoders: the clients' models, each update bounded in norm
+        (``federated.max_update_norm``), combined by ``federated.aggregation`` (FedAvg's
+        weighted mean by default), then the server optimizer's step (``sgd`` at lr 1: the
+        combination itself)."""
+        f = self.cfg.federated
+        current = {}
+        if f.head_sharing == "global":  # local heads never leave their clients
+            current["head"] = self.head.state_dict()
+        current.update({f"encoder.{space}": enc.state_dict() for space, enc in self.encoders.items()})
+        parts: dict[str, list[tuple[float, dict]]] = {}
+        for wi, (p, r) in zip(w, ok):
+            mine = {"head": unpack(r.content["global"], HEAD)} if "head" in current else {}
+            space = self.info[p]["space"]
+            if space in self.encoders:
+                mine[f"encoder.{space}"] = unpack(r.content["global"], ENCODER)
+            if f.max_update_norm > 0:  # one bound on the client's whole update
+                flat, _ = clip_update(_flat(mine), _flat({k: current[k] for k in mine}), f.max_update_norm)
+                mine = _unflat(flat)
+            for name, sd in mine.items():
+                parts.setdefault(name, []).append((wi, sd))
+        if not parts:
             return
-        new = self.server_opt.step(current, averaged)
-        if self.cfg.federated.head_sharing == "global":
+        rule = AGGREGATIONS.get(f.aggregation)
+        opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
+        new = self.server_opt.step(
+            {f"{name}.{k}": v for name in parts for k, v in current[name].items()},
+            {f"{name}.{k}": v for name, held in parts.items()
+             for k, v in rule([sd for _, sd in held], [wi for wi, _ in held], opts).items()},
+        )  # fmt: skip
+        if "head" in parts:
             self.head.load_state_dict({k[5:]: v for k, v in new.items() if k.startswith("head.")})
         for space, enc in self.encoders.items():
             pre = f"encoder.{space}."
@@ -421,3 +408,15 @@ class FedAnchors(EvaluationMixin, StateMixin):
 
     def _checker(self, where: str):
         return lambda values: check_finite(values, where, self.cfg.optim.lr, "checkpoints/server_resume.pt")
+
+
+def _flat(parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{name}|{k}": v for name, sd in parts.items() for k, v in sd.items()}
+
+
+def _unflat(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        name, k = key.split("|", 1)
+        out.setdefault(name, {})[k] = v
+    return out

@@ -1,0 +1,124 @@
+"""The server's reading of replies: failures reported once per phase, untrusted replies vetted.
+
+A mixin of ``server.strategy.FedAnchors`` (its state: ``pid_of``, ``info``, ``head``,
+``encoders``, ``anchors``, ``cfg``, ``errors``). Every reply is checked before any of it is
+used (``fedanchors.reply_checks``); a reply that fails is logged with its client, node and
+round and dropped, exactly like a client that failed: the ``federated.max_missing_rounds``
+rule applies, and nothing of it is averaged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from flwr.app import Message
+
+from clients.protocol import ENCODER, HEAD, STATE_LOST, WRITE_FAILED, message_bytes, unpack, unpack_arrays
+from fedanchors.config import anchors_used
+from fedanchors.errors import FedAnchorsError
+from fedanchors.fileio import WriteError, append_line
+from fedanchors.reply_checks import evaluation_problem, scalar_problem, state_problem, stats_problem
+
+log = logging.getLogger("fedanchors.server")
+
+
+def _marked(lines: list[str], marker: str) -> str:
+    """The text from ``marker`` on, in the last of ``lines`` holding it ("" if none)."""
+    found = [x[x.index(marker) :].rstrip("'\">") for x in lines if marker in x]
+    return found[-1] if found else ""
+
+
+class RepliesMixin:
+    """Successful, sound replies in partition order; failures and rejections reported once."""
+
+    def _split_replies(self, rnd: int, replies: Iterable[Message], phase: str) -> list[tuple[int, Message]]:
+        """Successful replies in partition order; each failed client is logged once for this
+        ``phase`` (train, evaluate, adapt). A client whose saved state is lost or could not be
+        written stops the run, naming the file."""
+        ok, failed = [], []
+        for r in replies:
+            self._count(0, message_bytes(r))
+            if not r.has_error():
+                ok.append((self._partition(r), r))
+                continue
+            reason = (r.error.reason or "").strip().splitlines()
+            if self.errors is not None:  # the full traceback, for debugging a client
+                append_line(self.errors, f"round {rnd} {phase} client {self._partition(r)}:\n{r.error.reason}\n")
+            unwritten = _marked(reason, WRITE_FAILED)
+            if unwritten:
+                raise WriteError(unwritten[len(WRITE_FAILED) :].strip())
+            gone = _marked(reason, STATE_LOST)
+            if gone:
+                raise FedAnchorsError(f"round {rnd}: {gone}")
+            failed.append((self._partition(r), reason[-1].rstrip("'>") if reason else str(r.error.code)))
+        for pid, why in sorted(failed):
+            log.warning("round %d: client %d failed in %s: %s", rnd, pid, phase, why)
+        return sorted(ok, key=lambda t: t[0])
+
+    def setup_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The setup query's successful replies; each failed node is logged once (its partition
+        is not known yet: the reply that would say it failed)."""
+        ok = []
+        for r in replies:
+            if r.has_error():
+                reason = (r.error.reason or "").strip().splitlines()
+                why = reason[-1].rstrip("'>") if reason else str(r.error.code)
+                log.warning("setup: node %d failed in setup: %s", r.metadata.src_node_id, why)
+            else:
+                ok.append(r)
+        return ok
+
+    def _reject(self, rnd: int, phase: str, pid: int, r: Message, why: str) -> None:
+        node = r.metadata.src_node_id
+        log.warning("round %d: client %d (node %d) reply rejected in %s: %s", rnd, pid, node, phase, why)
+        if self.errors is not None:
+            append_line(self.errors, f"round {rnd} {phase} client {pid} (node {node}): reply rejected: {why}\n")
+
+    def _train_problem(self, pid: int, r: Message) -> str:
+        """Why a training reply cannot be used ("" when it can)."""
+        c = r.content
+        if "metrics" not in c.metric_records or "global" not in c.array_records:
+            return "no metrics or arrays"
+        m = c["metrics"]
+        if m.get("partition", pid) != pid:
+            return f"it claims partition {m.get('partition')}"
+        why = scalar_problem("loss", m.get("loss"), 0.0) or scalar_problem("fit", m.get("fit"), 0.0)
+        if why:
+            return why
+        arrays = c["global"]
+        if self.cfg.federated.head_sharing == "global":
+            why = state_problem(unpack(arrays, HEAD), self.head.state_dict(), "head")
+        space = self.info[pid]["space"]
+        if not why and space in self.encoders:
+            why = state_problem(unpack(arrays, ENCODER), self.encoders[space].state_dict(), "encoder")
+        if not why and anchors_used(self.cfg):
+            if "stats" not in c.array_records:
+                return "no class statistics"
+            a = self.anchors
+            why = stats_problem(unpack_arrays(c["stats"]), a.num_classes, a.means.shape[-1], a.structure)
+        return why
+
+    def _vet_train(self, rnd: int, ok: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
+        """The training replies that pass every check; the others are rejected (logged)."""
+        kept = []
+        for pid, r in ok:
+            why = self._train_problem(pid, r)
+            if why:
+                self._reject(rnd, "train", pid, r, why)
+            else:
+                kept.append((pid, r))
+        return kept
+
+    def _vet_evaluate(self, rnd: int, ok: list[tuple[int, Message]], splits, phase: str = "evaluate"):
+        """The evaluation replies whose counts are sound; the others are rejected (logged)."""
+        kept = []
+        for pid, r in ok:
+            c = r.content
+            m = c["metrics"] if "metrics" in c.metric_records else None
+            why = "no metrics" if m is None else evaluation_problem(m, splits, self.anchors.num_classes)
+            if why:
+                self._reject(rnd, phase, pid, r, why)
+            else:
+                kept.append((pid, r))
+        return kept
