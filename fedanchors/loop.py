@@ -143,8 +143,9 @@ def run_loop(
             if flag.requested and t < tr.total and not stopped:
                 where = run.path if run is not None else "<run dir>"
                 raise Interrupted(
-                    f"interrupted after {unit} {t}, checkpoint written; continue with "
-                    f"python -m fedanchors.simulate --resume {where}"
+                    f"{flag.signame} received: stopped after {unit} {t}, checkpoint written; continue with "
+                    f"python -m fedanchors.simulate --resume {where}",
+                    flag.signum,
                 )
     bar.close()
     if best_t == 0 or math.isnan(best):

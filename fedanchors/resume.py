@@ -21,11 +21,25 @@ import torch
 from fedanchors.errors import FedAnchorsError
 from fedanchors.fileio import save_atomic, write_atomic
 
-__all__ = ["save_atomic", "load", "CheckpointError", "Interrupted", "StopFlag"]  # save_atomic: fedanchors.fileio
+__all__ = ["save_atomic", "load", "CheckpointError", "Interrupted", "Aborted", "StopFlag"]  # save_atomic: fileio
 
 
 class Interrupted(FedAnchorsError):
-    """Ctrl-C: the run stopped at a boundary after writing its checkpoint."""
+    """Ctrl-C or SIGTERM: the run stopped at a boundary after writing its checkpoint. The exit
+    code is the shell's for that signal: 130 (SIGINT), 143 (SIGTERM)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class Aborted(BaseException):
+    """A second Ctrl-C or SIGTERM: stop at once (the last checkpoint written is the resume point).
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + int(signum)
 
 
 class CheckpointError(FedAnchorsError):
@@ -150,27 +164,37 @@ def check_resumable(run_path: Path, mode: str) -> None:
             load(client_state_path(run_path, pid, int(rnd)), required=CLIENT_KEYS, what=f"client {pid}'s state file")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, a batch scheduler, a container stop
+
+
 class StopFlag:
-    """While active, the first Ctrl-C asks the run to stop at the next epoch/round boundary
-    (after its checkpoint); a second one interrupts at once."""
+    """While active, the first Ctrl-C or SIGTERM asks the run to stop at the next epoch/round
+    boundary (after its checkpoint); a second one stops at once (``Aborted``)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self.signum = int(signal.SIGINT)
+        self._old: dict[int, object] = {}
+
+    @property
+    def signame(self) -> str:
+        return signal.Signals(self.signum).name
 
     def __enter__(self) -> StopFlag:
         try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for s in STOP_SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread (e.g. Flower's server thread): no handler
-            self._old = None
+            self._old = {}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step's checkpoint (Ctrl-C again to abort now)", file=sys.stderr)
+            raise Aborted(signum)
+        self.requested, self.signum = True, int(signum)
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\n{self.signame}: stopping after this step's checkpoint ({again} again to stop now)", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)

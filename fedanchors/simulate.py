@@ -14,7 +14,7 @@ import sys
 from fedanchors.config import Config, load_config, replace, to_dict
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.fileio import as_write_error
-from fedanchors.resume import Interrupted
+from fedanchors.resume import Aborted, Interrupted
 
 EXIT_USER_ERROR = 2
 
@@ -245,6 +245,9 @@ def run_compare(cfg: Config) -> str:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("WANDB_MODE", "offline")
+    # read when ray is first imported: Ray's C++ failure-signal handler answers SIGTERM with a
+    # stack dump and exit 15; without it SIGTERM reaches fedanchors' clean stop (resume.StopFlag)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     args = parse_args(argv)
     try:
         if args.resume:
@@ -261,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg)
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
+    except Aborted as e:  # a second Ctrl-C / SIGTERM: at once, without waiting for the step's end
+        print(f"stopped at once ({e}); the last checkpoint written is where --resume continues", file=sys.stderr)
+        return e.exit_code
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_USER_ERROR)

@@ -45,11 +45,18 @@ def _actor_pool_cap(clients: int):
             ray.kill(actor, no_restart=True)
 
     ray_actor.BasicActorPool.terminate_all_actors = kill_all
+    # ``ray.init`` replaces the SIGTERM handler with ``sys.exit(15)``: keep fedanchors' own
+    # (resume.StopFlag: stop after the round's checkpoint, exit 143), installed before it
+    import ray._private.utils as ray_utils
+
+    original_sigterm = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
     try:
         yield
     finally:
         ray_actor.pool_size_from_resources = original
         ray_actor.BasicActorPool.terminate_all_actors = original_end
+        ray_utils.set_sigterm_handler = original_sigterm
 
 
 class EngineFailed(FedAnchorsError):
@@ -132,6 +139,8 @@ def _quiet() -> None:
     # tracebacks in <run>/client_errors.log). FLWR_LOG_LEVEL=INFO shows Flower's own log.
     os.environ.setdefault("FLWR_LOG_LEVEL", "CRITICAL")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # see fedanchors.simulate.main (effective only before ray is first imported)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -9,7 +9,16 @@ import difflib
 
 from fedanchors.config import _build
 from fedanchors.data import digits, femnist, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
-from fedanchors.data.base import SCENARIO_OPTIONS, SCENARIOS, GroupData, ScenarioData, Split, check_labels, data_root
+from fedanchors.data.base import (
+    SCENARIO_OPTIONS,
+    SCENARIOS,
+    GroupData,
+    ScenarioData,
+    Split,
+    check_finite_rows,
+    check_labels,
+    data_root,
+)
 from fedanchors.data.groups import build_groups, check_groups, parse_groups
 from fedanchors.data.presets import PRESETS
 from fedanchors.data.sources import SOURCES
@@ -84,7 +93,9 @@ def build_scenario(cfg) -> ScenarioData:
         data = SCENARIOS.get(name, "data.scenario")(cfg)
     for g in data.groups:
         for split in ("train", "val", "test"):
-            check_labels(getattr(g, split).y, data.num_classes, f"scenario {name}, group {g.name} ({split})")
+            where = f"scenario {name}, group {g.name} ({split})"
+            check_labels(getattr(g, split).y, data.num_classes, where)
+            check_finite_rows(getattr(g, split).x, where)
     if cfg.gating_fraction > 0:
         data = carve_gating(data, cfg.gating_fraction, cfg.split_seed)
     data = data if cfg.common_input == "none" else to_common_input(data, cfg.common_input)

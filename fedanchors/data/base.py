@@ -92,6 +92,23 @@ def check_labels(y: torch.Tensor, num_classes: int, source: Path | str, what: st
         )
 
 
+def check_finite_rows(x: torch.Tensor, where: str, owners: list[str] | None = None) -> None:
+    """Every value of ``x`` (N, ...) finite, else a DataError naming ``where``, the first bad
+    example (and its owner: writer or speaker) and the value: NaN or inf in the inputs would
+    otherwise surface as a diverged loss, pointing at the learning rate."""
+    if not x.is_floating_point() or not len(x):
+        return
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        value = x[i].reshape(-1)[~torch.isfinite(x[i].reshape(-1))][0].item()
+        owner = f" ({owners[i]})" if owners is not None else ""
+        raise DataError(
+            f"{where}: example {i}{owner} holds {value} ({int(bad.sum())} examples with NaN or inf values); "
+            "fix or replace the file"
+        )
+
+
 def scenario(name: str, options: type) -> Any:
     """Decorator: register a Python scenario ``fn(cfg: DataConfig) -> ScenarioData`` and its options."""
 

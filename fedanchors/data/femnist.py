@@ -22,6 +22,7 @@ from fedanchors.data.base import (
     GroupData,
     ScenarioData,
     Split,
+    check_finite_rows,
     data_root,
     options_dataclass,
     resize,
@@ -71,9 +72,13 @@ def load_leaf(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Ten
         writers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for f in files:
             for w, (x, y) in _read(f).items():
-                xt = torch.tensor(x, dtype=torch.float32)
+                try:
+                    xt = torch.tensor(x, dtype=torch.float32)
+                except (TypeError, ValueError, RuntimeError, OverflowError):
+                    raise DataError(f"{f}: writer {w!r}: 'x' is not a table of numbers; replace the file") from None
                 if xt.ndim != 2 or xt.shape[1] != 784:
                     raise DataError(f"{f}: user_data[{w!r}]['x'] rows are not 784 pixels; replace the file")
+                check_finite_rows(xt, f"{f}: writer {w!r}")
                 # LEAF stores 1.0 as white paper: invert to bright ink on black, as MNIST
                 writers[w] = (1.0 - xt.view(-1, 1, 28, 28), torch.tensor(y, dtype=torch.int64))
         out[split] = writers

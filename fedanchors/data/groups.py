@@ -26,7 +26,7 @@ from collections import defaultdict
 import torch
 
 from fedanchors.config import DataConfig, _build
-from fedanchors.data.base import GroupData, ScenarioData, Split, cap, split_fractions
+from fedanchors.data.base import GroupData, ScenarioData, Split, cap, check_finite_rows, data_root, split_fractions
 from fedanchors.data.sources import SOURCES, Pool, Source, SourceData
 from fedanchors.data.transforms import derive, image_transforms, longtail, space_name, spectrograms
 from fedanchors.errors import ConfigError, DataError
@@ -229,6 +229,9 @@ def build_groups(cfg: DataConfig, groups: tuple[GroupSpec, ...], name: str = "da
         k = (g.source, repr(opts))
         if k not in cache:
             cache[k] = src.load(cfg, opts)
+            for split, pool in (("train", cache[k].train), ("test", cache[k].test)):
+                if pool is not None:  # the source's own check names the file; this one every source
+                    check_finite_rows(pool.x, f"source {g.source} ({split} pool, under {data_root(cfg)})", pool.owners)
         loaded.append(cache[k])
     shares = _allocate(groups, loaded, cfg.split_seed)
     n_classes = [SOURCES.get(g.source).classes(source_options(SOURCES.get(g.source), g, "")) for g in groups]
