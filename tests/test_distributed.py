@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import DATA, REPO
+from .tls import Certs, make_certs
 
 pytestmark = pytest.mark.slow
 
@@ -51,59 +52,73 @@ def _group(pgid: int) -> list[int]:
 
 
 class Federation:
-    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1 (insecure), each in its own process
-    group; a Flower configuration file naming the SuperLink as ``test``."""
+    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1, each in its own process group; a
+    Flower configuration file naming the SuperLink as ``test``. Insecure, or with ``certs``
+    (``tests.tls``): TLS with the SuperLink's certificate, SuperNode authentication on, and
+    each SuperNode's public key registered (``flwr supernode register``) before it starts."""
 
-    def __init__(self, tmp: Path, nodes: int) -> None:
-        self.home, self.port, self.nodes, self.procs = tmp / "flwr-home", _port(), nodes, []
+    def __init__(self, tmp: Path, nodes: int, certs: Certs | None = None) -> None:
+        self.home, self.port, self.nodes, self.procs, self.certs = tmp / "flwr-home", _port(), nodes, [], certs
         self.home.mkdir(parents=True, exist_ok=True)
+        trust = f'root-certificates = "{certs.ca}"' if certs else "insecure = true"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\n{trust}\n'
         )
         self.logs = tmp / "flwr-logs"
         self.logs.mkdir(exist_ok=True)
 
-    def _start(self, name: str, *args: str, threads: int = 0) -> None:
+    def _start(self, name: str, *args: str, threads: int = 0) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
         env = _env(self.home) | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-        self.procs.append(
-            subprocess.Popen(
-                [str(BIN / args[0]), *args[1:]],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = subprocess.Popen(
+            [str(BIN / args[0]), *args[1:]],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+    def flwr(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args], env=_env(self.home), cwd=REPO, capture_output=True, text=True, timeout=60
         )
 
     def __enter__(self) -> Federation:
-        self._start(
-            "superlink",
-            "flower-superlink",
-            "--insecure",
-            "--port",
-            str(self.port),
-            "--database",
-            ":flwr-in-memory:",
-            "--disable-runtime-dependency-installation",
-        )
+        secure = ["--insecure"]
+        if self.certs:
+            c = self.certs
+            secure = ["--ssl-ca-certfile", str(c.ca), "--ssl-certfile", str(c.cert), "--ssl-keyfile", str(c.key)]
+            secure.append("--enable-supernode-auth")
+        self._start("superlink", "flower-superlink", *secure, "--port", str(self.port), "--database",
+                    ":flwr-in-memory:", "--disable-runtime-dependency-installation")  # fmt: skip
         time.sleep(3)
         for p in range(self.nodes):
-            self._start(
-                f"supernode{p}",
-                "flower-supernode",
-                "--insecure",
-                "--superlink",
-                f"127.0.0.1:{self.port}",
-                "--port",
-                str(_port()),
-                "--node-config",
-                f"partition-id={p} num-partitions={self.nodes}",
-                threads=1,  # as Ray gives each 1-CPU client, so the numbers equal the simulation's
-            )
+            if self.certs:
+                res = self.flwr("supernode", "register", f"{self.certs.nodes[p]}.pub", "test", "--format", "json")
+                assert res.returncode == 0 and json.loads(res.stdout)["success"], res.stdout + res.stderr
+            self.start_node(p)
         time.sleep(3)
         return self
+
+    def start_node(self, p: int, key: Path | None = None, ca: Path | None = None, **extra: str) -> subprocess.Popen:
+        """SuperNode ``p`` (its own key and the right CA unless ``key`` / ``ca`` say otherwise)."""
+        trust = ["--insecure"]
+        if self.certs:
+            trust = ["--root-certificates", str(ca or self.certs.ca)]
+            trust += ["--auth-supernode-private-key", str(key or self.certs.nodes[p])]
+        more = [x for k, v in extra.items() for x in (f"--{k.replace('_', '-')}", v)]
+        return self._start(
+            f"supernode{p}" + (f"-{key.name if key else ''}{ca.stem if ca else ''}" if key or ca else ""),
+            "flower-supernode", *trust, "--superlink", f"127.0.0.1:{self.port}", "--port", str(_port()),
+            "--node-config", f"partition-id={p} num-partitions={max(self.nodes, 1)}", *more,
+            threads=1,  # as Ray gives each 1-CPU client, so the numbers equal the simulation's
+        )  # fmt: skip
 
     def run(self, config: str, sets: list[str], run_dir: Path) -> subprocess.CompletedProcess:
         rc = f"config='{config}' overrides='{' '.join(sets)}' run-dir='{run_dir}'"
@@ -117,15 +132,7 @@ class Federation:
         )
 
     def last_run(self) -> dict:
-        res = subprocess.run(
-            [str(BIN / "flwr"), "ls", "test", "--format", "json"],
-            env=_env(self.home),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        runs = json.loads(res.stdout)["runs"]
+        runs = json.loads(self.flwr("ls", "test", "--format", "json").stdout)["runs"]
         return max(runs, key=lambda r: r["pending-at"])
 
     def __exit__(self, *exc) -> None:
@@ -226,3 +233,44 @@ def test_a_run_joins_a_local_ray_cluster(tmp_path):
     status = subprocess.run([str(BIN / "ray"), "status", "--address", f"127.0.0.1:{port}"], capture_output=True)
     assert status.returncode != 0  # the cluster is gone
     _same_run(joined, _simulate(tmp_path / "local"))
+
+
+def test_a_tls_and_authenticated_deployment_matches_the_insecure_one(tmp_path):
+    """TLS (a CA and the SuperLink's certificate made in the test) and SuperNode
+    authentication (each SuperNode's key registered first): the run completes and its
+    metrics equal the insecure deployment's for the same seed, record by record."""
+    certs = make_certs(tmp_path / "certs", nodes=2)
+    with Federation(tmp_path / "secure", 2, certs) as fed:
+        fed.run("configs/digits_fed.yaml", SETS, tmp_path / "secure-run")
+        status = fed.last_run()
+        nodes = json.loads(fed.flwr("supernode", "ls", "test", "--format", "json").stdout)["nodes"]
+    assert status["status"] == "finished:completed", (status, fed.log("superlink")[-3000:])
+    assert len(nodes) == 2 and all(n["online-at"] != "N/A" for n in nodes)  # both registered nodes served
+    with Federation(tmp_path / "plain", 2) as fed:
+        fed.run("configs/digits_fed.yaml", SETS, tmp_path / "plain-run")
+        assert fed.last_run()["status"] == "finished:completed"
+    _same_run(tmp_path / "secure-run", tmp_path / "plain-run")
+
+
+def test_the_superlink_lets_no_unknown_or_untrusting_supernode_in(tmp_path):
+    """A SuperNode whose key was never registered is refused by the SuperLink; one that does
+    not trust the SuperLink's certificate cannot connect; the registered, trusting one can."""
+    certs = make_certs(tmp_path / "certs", nodes=2)  # supernode1's key is never registered
+    with Federation(tmp_path, 0, certs) as fed:
+        res = fed.flwr("supernode", "register", f"{certs.nodes[0]}.pub", "test", "--format", "json")
+        assert json.loads(res.stdout)["success"]
+        retry = {"max_retries": "1", "max_wait_time": "20"}
+        stranger = fed.start_node(1, key=certs.nodes[1], **retry)
+        doubter = fed.start_node(0, ca=certs.other_ca, **retry)
+        assert stranger.wait(timeout=120) != 0 and doubter.wait(timeout=120) != 0
+        refused = fed.log(f"supernode1-{certs.nodes[1].name}")
+        assert "Failed to activate SuperNode" in refused, refused[-2000:]
+        assert "No SuperNode found with the given public key" in fed.log("superlink")
+        assert "CERTIFICATE_VERIFY_FAILED" in fed.log(f"supernode0-{certs.other_ca.stem}")
+        fed.start_node(0)
+        deadline, online = time.time() + 60, []
+        while time.time() < deadline and not online:
+            nodes = json.loads(fed.flwr("supernode", "ls", "test", "--format", "json").stdout)["nodes"]
+            online = [n for n in nodes if n["status"] == "online"]
+            time.sleep(1)
+    assert len(online) == 1 and len(nodes) == 1  # the registered node, and only it
