@@ -40,6 +40,8 @@ DEFINITIONS: dict[str, str] = {
     "val_new_* / test_new_*": "summary, federated.holdout > 0: the held-out new clients after each adapted its own "
     "encoder to the selected model: acc_all, acc_wg (null unless every new client answered), acc_bal, "
     "acc_group:<g>, client_acc_mean / _worst / _p10 over the new clients",
+    "update_norm_median / update_norm_max": "federated: the median and largest L2 norm over the answering "
+    "clients of their update (reply - global) of the head and shared encoders, before federated.max_update_norm",
     "eval_complete": "federated: every group answered the evaluation",
     "bytes_sent / bytes_received": "federated: array payload bytes since the previous record",
     "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",

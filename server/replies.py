@@ -69,6 +69,37 @@ class RepliesMixin:
                 ok.append(r)
         return ok
 
+    def parse_setup(self, r: Message) -> tuple[int, dict]:
+        """A setup reply's partition and what the client says of itself, checked: a reply that
+        cannot be read, or claims a partition outside the population, a non-positive example
+        count or negative class counts, stops the run naming the node (without it no group
+        would be complete)."""
+        node = r.metadata.src_node_id
+        try:
+            m, c = r.content["metrics"], r.content["info"]
+            pid = m["partition"]
+            info = {
+                "group": str(c["group"]),
+                "space": str(c["space"]),
+                "shape": tuple(int(s) for s in c["shape"]),
+                "meta": {"vocab_size": int(c["vocab_size"])} if int(c["vocab_size"]) else {},
+                "n": m["num-examples"],
+                "gi": int(m.get("group_index", pid)),
+                "class_counts": list(m.get("class_counts", [])),
+            }
+        except (KeyError, TypeError, ValueError) as e:
+            raise FedAnchorsError(f"setup: node {node} sent a malformed reply ({type(e).__name__}: {e})") from None
+        why = ""
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < self.num_clients:
+            why = f"partition {pid!r} is outside 0..{self.num_clients - 1}; give each SuperNode its own partition-id"
+        elif isinstance(info["n"], bool) or not isinstance(info["n"], int) or info["n"] < 1:
+            why = f"num-examples {info['n']!r} is not a positive integer"
+        elif any(not isinstance(k, int) or k < 0 for k in info["class_counts"]) or min(info["shape"], default=1) < 1:
+            why = "negative class counts or a non-positive input shape"
+        if why:
+            raise FedAnchorsError(f"setup: node {node}: {why}")
+        return pid, info
+
     def _reject(self, rnd: int, phase: str, pid: int, r: Message, why: str) -> None:
         node = r.metadata.src_node_id
         log.warning("round %d: client %d (node %d) reply rejected in %s: %s", rnd, pid, node, phase, why)

@@ -9,6 +9,7 @@ through ``server.driver``; nothing here loops, checkpoints or decides when to st
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -116,24 +117,14 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
             )
         info = {}
         for r in replies:
-            pid = int(r.content["metrics"]["partition"])
-            if pid in info or not 0 <= pid < self.num_clients:
+            pid, info_pid = self.parse_setup(r)
+            if pid in info:
                 raise FedAnchorsError(
-                    f"two clients claim partition {pid} (or it is outside 0..{self.num_clients - 1}); give each "
-                    "SuperNode its own --node-config partition-id"
+                    f"two clients claim partition {pid}; give each SuperNode its own --node-config partition-id"
                 )
             self.nodes[pid] = r.metadata.src_node_id
             self.pid_of[r.metadata.src_node_id] = pid  # O(1) reply -> partition at any population
-            c = r.content["info"]
-            info[pid] = {
-                "group": c["group"],
-                "space": c["space"],
-                "shape": tuple(c["shape"]),
-                "meta": {"vocab_size": int(c["vocab_size"])} if int(c["vocab_size"]) else {},
-                "n": int(r.content["metrics"]["num-examples"]),
-                "gi": int(r.content["metrics"].get("group_index", pid)),
-                "class_counts": list(r.content["metrics"].get("class_counts", [])),
-            }
+            info[pid] = info_pid
         self.info = [info[p] for p in sorted(info)]
         self.cgroup = [i["gi"] for i in self.info]
         self.held = held_out(self.cgroup, self.cfg.federated.holdout, self.cfg.seed)
@@ -251,7 +242,7 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
             raise FedAnchorsError(
                 f"round {rnd}: {len(ok)} client replies, fewer than federated.min_clients="
                 f"{self.cfg.federated.min_clients}; see the client errors and rejected replies above "
-            "(details: client_errors.log)"
+                "(details: client_errors.log)"
             )
         pids = [p for p, _ in ok]
         G = len(self.names)
@@ -285,7 +276,7 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         w = [cw[p] for p in pids]
         for p in pids:
             self.client_rounds[p] = rnd
-        self._update_shared(ok, w)
+        norms = self._update_shared(ok, w)
         check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
         stacked = self._group_stats(ok, answered) if anchors_used(self.cfg) else None
         if stacked is not None:
@@ -294,6 +285,8 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         wt = gw / gw.sum()
         # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
         rec = {"loss": float((wt * losses[answered]).sum()), "fit": float((wt * fits[answered]).sum())}
+        if norms:  # the clients' update norms before any bound: what federated.max_update_norm is set against
+            rec |= {"update_norm_median": float(torch.tensor(norms).median()), "update_norm_max": max(norms)}
         gl = [float(self.group_weights[g]) for g in answered]
         if stacked is not None:
             rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
@@ -318,29 +311,32 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         ]  # fmt: skip
         return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
 
-    def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> None:
+    def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> list[float]:
         """Head and shared encoders: the clients' models, each update bounded in norm
         (``federated.max_update_norm``), combined by ``federated.aggregation`` (FedAvg's
         weighted mean by default), then the server optimizer's step (``sgd`` at lr 1: the
-        combination itself)."""
+        combination itself). Returns each client's update norm (before the bound)."""
         f = self.cfg.federated
         current = {}
         if f.head_sharing == "global":  # local heads never leave their clients
             current["head"] = self.head.state_dict()
         current.update({f"encoder.{space}": enc.state_dict() for space, enc in self.encoders.items()})
         parts: dict[str, list[tuple[float, dict]]] = {}
+        norms = []
         for wi, (p, r) in zip(w, ok):
             mine = {"head": unpack(r.content["global"], HEAD)} if "head" in current else {}
             space = self.info[p]["space"]
             if space in self.encoders:
                 mine[f"encoder.{space}"] = unpack(r.content["global"], ENCODER)
-            if f.max_update_norm > 0:  # one bound on the client's whole update
-                flat, _ = clip_update(_flat(mine), _flat({k: current[k] for k in mine}), f.max_update_norm)
-                mine = _unflat(flat)
+            if mine:  # one bound on the client's whole update (inf: none)
+                flat, norm = clip_update(
+                    _flat(mine), _flat({k: current[k] for k in mine}), f.max_update_norm or math.inf
+                )
+                mine, norms = _unflat(flat), [*norms, norm]
             for name, sd in mine.items():
                 parts.setdefault(name, []).append((wi, sd))
         if not parts:
-            return
+            return norms
         rule = AGGREGATIONS.get(f.aggregation)
         opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
         new = self.server_opt.step(
@@ -355,6 +351,7 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
             part = {k[len(pre) :]: v for k, v in new.items() if k.startswith(pre)}
             if part:
                 enc.load_state_dict(part)
+        return norms
 
     def _fit_anchors(self, stacked: dict, wt: torch.Tensor, groups: list[int], check) -> dict[str, float]:
         """The server's anchor update on the clients' class moments; its metrics."""

@@ -207,3 +207,25 @@ def test_failures_are_reported_once_per_phase(tmp_path, caplog):
         "round 2: client 1 failed in train",
         "round 2: client 1 failed in evaluate",
     ]
+
+
+def test_a_malformed_setup_reply_stops_the_run_naming_the_node(tmp_path, monkeypatch):
+    """What a client says of itself at setup (its example count weights its share of the
+    group) is checked too: a negative count is refused with one line naming the node."""
+    import clients.task as task
+    from fedanchors.errors import FedAnchorsError
+    from server.strategy import FedAnchors
+
+    real = task.query
+
+    def lying(msg, context, cfg):
+        reply = real(msg, context, cfg)
+        if int(context.node_config["partition-id"]) == 1:
+            reply.content["metrics"]["num-examples"] = -5
+        return reply
+
+    monkeypatch.setattr(task, "query", lying)
+    cfg = small_config(tmp_path, mode="federated")
+    grid = InProcessGrid(cfg, 2)
+    with pytest.raises(FedAnchorsError, match=r"setup: node \d+: num-examples -5 is not a positive integer"):
+        FedAnchors(cfg, 2, 10).discover(grid)
