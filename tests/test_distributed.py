@@ -180,14 +180,27 @@ def _same_run(a: Path, b: Path) -> None:
     assert {k: v for k, v in sa.items() if k not in skip} == {k: v for k, v in sb.items() if k not in skip}
 
 
-def test_deployment_engine_run_matches_the_simulation(tmp_path):
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> Path:
+    """digits_fed (SETS) on the simulation engine: the reference of the distributed runs."""
+    return _simulate(tmp_path_factory.mktemp("simulated"))
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> tuple[Path, dict, str]:
+    """The same run on the Deployment Engine, insecure: (run dir, flwr status, output)."""
     if not shutil.which("flower-superlink", path=str(BIN)):
         pytest.fail("flower-superlink is not installed beside this Python (flwr >= 1.41)")
-    run_dir = tmp_path / "deployed"
-    with Federation(tmp_path, 2) as fed:
-        res = fed.run("configs/digits_fed.yaml", SETS, run_dir)
+    tmp = tmp_path_factory.mktemp("deployed")
+    with Federation(tmp, 2) as fed:
+        res = fed.run("configs/digits_fed.yaml", SETS, tmp / "deployed")
         status = fed.last_run()
-    assert status["status"] == "finished:completed", (status, res.stdout[-3000:], res.stderr[-2000:])
+    return tmp / "deployed", status, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+def test_deployment_engine_run_matches_the_simulation(deployed, simulated):
+    run_dir, status, output = deployed
+    assert status["status"] == "finished:completed", (status, output)
     for f in (
         "config.yaml",
         "metrics.jsonl",
@@ -197,7 +210,7 @@ def test_deployment_engine_run_matches_the_simulation(tmp_path):
     ):
         assert (run_dir / f).is_file(), f
     assert sorted(p.name for p in (run_dir / "clients").iterdir()) == ["0", "1"]  # private state, per SuperNode
-    _same_run(run_dir, _simulate(tmp_path))
+    _same_run(run_dir, simulated)
 
 
 def test_supernode_count_mismatch_fails_at_once_with_one_line(tmp_path):
@@ -217,7 +230,7 @@ def test_supernode_count_mismatch_fails_at_once_with_one_line(tmp_path):
     assert "only 1 of 2 clients" in status["status-details"] and "connect_timeout=5" in status["status-details"]
 
 
-def test_a_run_joins_a_local_ray_cluster(tmp_path):
+def test_a_run_joins_a_local_ray_cluster(tmp_path, simulated):
     """``ray start --head`` on 127.0.0.1, the run joins it with federated.ray_init.address."""
     port = _port()
     env = os.environ | {"RAY_ADDRESS": "", "FLWR_TELEMETRY_ENABLED": "0"}
@@ -232,10 +245,10 @@ def test_a_run_joins_a_local_ray_cluster(tmp_path):
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     status = subprocess.run([str(BIN / "ray"), "status", "--address", f"127.0.0.1:{port}"], capture_output=True)
     assert status.returncode != 0  # the cluster is gone
-    _same_run(joined, _simulate(tmp_path / "local"))
+    _same_run(joined, simulated)
 
 
-def test_a_tls_and_authenticated_deployment_matches_the_insecure_one(tmp_path):
+def test_a_tls_and_authenticated_deployment_matches_the_insecure_one(tmp_path, deployed):
     """TLS (a CA and the SuperLink's certificate made in the test) and SuperNode
     authentication (each SuperNode's key registered first): the run completes and its
     metrics equal the insecure deployment's for the same seed, record by record."""
@@ -246,10 +259,9 @@ def test_a_tls_and_authenticated_deployment_matches_the_insecure_one(tmp_path):
         nodes = json.loads(fed.flwr("supernode", "ls", "test", "--format", "json").stdout)["nodes"]
     assert status["status"] == "finished:completed", (status, fed.log("superlink")[-3000:])
     assert len(nodes) == 2 and all(n["online-at"] != "N/A" for n in nodes)  # both registered nodes served
-    with Federation(tmp_path / "plain", 2) as fed:
-        fed.run("configs/digits_fed.yaml", SETS, tmp_path / "plain-run")
-        assert fed.last_run()["status"] == "finished:completed"
-    _same_run(tmp_path / "secure-run", tmp_path / "plain-run")
+    plain, plain_status, _ = deployed
+    assert plain_status["status"] == "finished:completed"
+    _same_run(tmp_path / "secure-run", plain)
 
 
 def test_the_superlink_lets_no_unknown_or_untrusting_supernode_in(tmp_path):

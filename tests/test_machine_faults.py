@@ -162,19 +162,29 @@ def _usage(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+STEPS = 6
+
+
+@pytest.fixture(scope="module", params=["centralized", "federated"])
+def reference(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """(mode, config, a finished uninterrupted run of it): what the interrupted runs must end as."""
+    mode, tmp = request.param, tmp_path_factory.mktemp(f"ref-{request.param}")
+    cfg = small_config(
+        tmp, mode=mode, optim={"epochs": STEPS}, federated={"rounds": STEPS}, data={"max_per_group": 300}
+    )
+    save_config(cfg, tmp / "c.yaml")
+    ref = _start(tmp / "c.yaml", "reference", "--set", f"out_dir={tmp / 'roomy'}")
+    assert ref.wait(timeout=600) == 0, ref.communicate()
+    return mode, tmp / "c.yaml", tmp / "roomy" / "reference"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
-@pytest.mark.parametrize("mode", ["centralized", "federated"])
-def test_a_full_disk_stops_with_one_line_and_resumes_once_space_is_back(tmp_path, mode):
-    """out_dir on a tmpfs of half the run's size: exit 5 and one line naming the file and
+def test_a_full_disk_stops_with_one_line_and_resumes_once_space_is_back(tmp_path, reference):
+    """out_dir on a tmpfs too small for the whole run: exit 5 and one line naming the file and
     ENOSPC, the last good checkpoint loads, and after the space is back --resume ends exactly
-    like the run on a roomy disk. Then a read-only remount: EROFS, also one line."""
-    fed = {"rounds": 6} if mode == "federated" else {}
-    cfg = small_config(tmp_path, mode=mode, optim={"epochs": 6}, federated=fed, data={"max_per_group": 300})
-    save_config(cfg, tmp_path / "c.yaml")
-    ref = _start(tmp_path / "c.yaml", "reference", "--set", f"out_dir={tmp_path / 'roomy'}")
-    assert ref.wait(timeout=600) == 0, ref.communicate()
-    done = tmp_path / "roomy" / "reference"
+    like the run on a roomy disk. Then a read-only remount mid-run: EROFS, also one line."""
+    mode, config, done = reference
     need = _usage(done)
     resume = done / "checkpoints" / ("server_resume.pt" if mode == "federated" else "resume.pt")
     last = done / "checkpoints" / ("last_server.pt" if mode == "federated" else "last.pt")
@@ -184,21 +194,21 @@ def test_a_full_disk_stops_with_one_line_and_resumes_once_space_is_back(tmp_path
     small = tmp_path / "small"
     _mount_tmpfs(small, (base + resume.stat().st_size // (2 if mode == "centralized" else -2)) // 1024)
     try:
-        res = cli("--config", str(tmp_path / "c.yaml"), "--set", "name=full", "--set", f"out_dir={small}")
+        res = cli("--config", str(config), "--set", "name=full", "--set", f"out_dir={small}")
         assert res.returncode == 5, res.stderr[-2000:]
         line = res.stderr.strip().splitlines()[-1]
         assert line.startswith("error: cannot write ") and "ENOSPC" in line and f"--resume {small / 'full'}" in line
         assert "Traceback" not in res.stderr and "inline_container" not in res.stderr
         ckpt = small / "full" / "checkpoints" / ("server_resume.pt" if mode == "federated" else "resume.pt")
         state = torch.load(ckpt, weights_only=True)  # the last good one, whole
-        assert 1 <= state["round" if mode == "federated" else "epoch"] < 6
+        assert 1 <= state["round" if mode == "federated" else "epoch"] < STEPS
         assert not list(small.rglob("*.tmp"))  # no fragment holds the space
         subprocess.run(["mount", "-o", f"remount,size={need * 4 // 1024}k", str(small)], check=True)
         res = cli("--resume", str(small / "full"))
         assert res.returncode == 0, res.stderr[-2000:]
-        assert _finished(small / "full") == _finished(tmp_path / "roomy" / "reference")
+        assert _finished(small / "full") == _finished(done)
         # a disk that turns read-only mid-run: EROFS, the same one line
-        longer = _start(tmp_path / "c.yaml", "ro", "--set", f"out_dir={small}", "--set", "optim.epochs=400",
+        longer = _start(config, "ro", "--set", f"out_dir={small}", "--set", "optim.epochs=400",
                         "--set", "federated.rounds=400")  # fmt: skip
         _wait_for(small / "ro", "round" if mode == "federated" else "epoch", 2, longer)
         subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
@@ -219,16 +229,11 @@ def _survivors(pgid: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["centralized", "federated"])
-def test_sigterm_stops_like_ctrl_c_and_resumes_exactly(tmp_path, mode):
-    fed = {"rounds": 8} if mode == "federated" else {}
-    cfg = small_config(tmp_path, mode=mode, optim={"epochs": 8}, federated=fed, data={"max_per_group": 300})
-    save_config(cfg, tmp_path / "c.yaml")
-    runs = tmp_path / "runs"
-    assert _start(tmp_path / "c.yaml", "reference").wait(timeout=600) == 0
-    proc = _start(tmp_path / "c.yaml", "termed")
+def test_sigterm_stops_like_ctrl_c_and_resumes_exactly(tmp_path, reference):
+    mode, config, done = reference
+    proc = _start(config, "termed", "--set", f"out_dir={tmp_path}")
     unit = "round" if mode == "federated" else "epoch"
-    _wait_for(runs / "termed", unit, 2, proc)
+    _wait_for(tmp_path / "termed", unit, 2, proc)
     os.kill(proc.pid, signal.SIGTERM)  # what kill, a scheduler or a container stop sends
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]
@@ -236,10 +241,10 @@ def test_sigterm_stops_like_ctrl_c_and_resumes_exactly(tmp_path, mode):
     assert lines[-1].startswith("stopped: SIGTERM received: stopped after ") and "--resume" in lines[-1], err
     assert "SIGTERM received at time" not in err and "logging.cc" not in err and "Traceback" not in err
     assert not _survivors(proc.pid), "a process the run started outlived it"
-    assert max(r[unit] for r in _records(runs / "termed")) < 8
-    res = cli("--resume", str(runs / "termed"))
+    assert max(r[unit] for r in _records(tmp_path / "termed")) < STEPS
+    res = cli("--resume", str(tmp_path / "termed"))
     assert res.returncode == 0, res.stderr[-2000:]
-    assert _finished(runs / "termed") == _finished(runs / "reference")
+    assert _finished(tmp_path / "termed") == _finished(done)
 
 
 def test_sigterm_and_sigint_exit_codes():
