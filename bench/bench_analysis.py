@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
-    from fedanchors.config import load_config
+    from fedanchors.configure import load_config
 
     cfg = load_config(args.config, args.set)
     total = cfg.federated.rounds if cfg.mode == "federated" else cfg.optim.epochs

@@ -58,7 +58,7 @@ def child(strategy_name: str, rounds: int) -> None:
 
     from clients.client_app import make_client_app
     from clients.protocol import pack
-    from fedanchors.config import load_config
+    from fedanchors.configure import load_config
     from fedanchors.loop import run_loop
     from fedanchors.models import build_anchors, build_head
     from server.driver import FederatedTrainer

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import interleaved  # noqa: E402
 from fedanchors.centralized import CentralizedTrainer  # noqa: E402
-from fedanchors.config import load_config  # noqa: E402
-from fedanchors.data import build_scenario  # noqa: E402
+from fedanchors.configure import load_config
+from fedanchors.runs import build_data  # noqa: E402
 from fedanchors.wasserstein import gaussian_w2, sqrtm_psd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def step_times(device: str) -> None:
         "full, sep=w2_margin": ["anchors.sep=w2_margin"],
     }
     cfg0 = load_config(REPO / "configs" / "mnist_hetero.yaml", base)
-    data = build_scenario(cfg0.data)
+    data = build_data(cfg0.data)
     fns = {}
     for name, extra in variants.items():
         tr = CentralizedTrainer(load_config(REPO / "configs" / "mnist_hetero.yaml", base + extra), data)

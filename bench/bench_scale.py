@@ -52,18 +52,19 @@ def child(size: int, rounds: int) -> None:
     from flwr.simulation import run_simulation
 
     from clients.client_app import make_client_app
-    from fedanchors.config import load_config
-    from fedanchors.data import build_scenario
+    from fedanchors.configure import load_config
     from fedanchors.loop import run_loop
+    from fedanchors.population import population_size
+    from fedanchors.runs import build_data
     from server.driver import FederatedTrainer
-    from server.simulation import _actor_pool_cap, population_size
+    from server.simulation import _actor_pool_cap
     from server.strategy import FedAnchors
 
     sets = [f"federated.clients={size // 2}", f"federated.rounds={rounds}", "federated.clients_per_round=10"]
     sets.append("progress=false")
     cfg = load_config(REPO / "configs" / "scale_1000_fed.yaml", sets)
-    data = build_scenario(cfg.data)
-    n = population_size(cfg, data)
+    data = build_data(cfg.data)
+    n = population_size(cfg.federated, data, cfg.seed)
     marks: dict[str, float] = {}
     stamps: list[float] = []
     peak = [0]

@@ -15,7 +15,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients import task
-from fedanchors.config import Config, from_run_config
+from fedanchors.config import Config
+from fedanchors.configure import from_run_config
 
 _CONFIGS: dict[tuple[str, str], Config] = {}  # per process: the run config's Config, resolved once
 

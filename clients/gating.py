@@ -26,11 +26,11 @@ def _blocks(runs: list[str], pid: int, heads: list[dict]) -> dict:
     if key not in _BLOCKS:
         from pathlib import Path
 
-        from fedanchors.data import build_scenario
+        from fedanchors.runs import build_data
 
         logits: dict[str, list[torch.Tensor]] = {"gating": [], "val": [], "test": []}
         ys = {}
-        data = build_scenario(expert_config(Path(runs[0])).data)  # the experts share their data (checked)
+        data = build_data(expert_config(Path(runs[0])).data)  # the experts share their data (checked)
         for run, head_sd in zip(runs, heads):
             ecfg = expert_config(Path(run))
             encoders, _ = group_models(Path(run), ecfg, data, torch.device("cpu"))

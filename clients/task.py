@@ -14,13 +14,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from clients.protocol import ANCHORS, ENCODER, HEAD, STATE_LOST, WRITE_FAILED, pack, pack_arrays, unpack
 from fedanchors.analysis import group_class_gaussians
 from fedanchors.config import Config, anchors_used, to_dict
-from fedanchors.data import GroupData, ScenarioData, build_scenario
+from fedanchors.data import GroupData, ScenarioData
 from fedanchors.fileio import WriteError, write_atomic
 from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import stats_to_moments
 from fedanchors.population import Client, build_population, client_data
 from fedanchors.rundir import resolve_device, seed_everything
+from fedanchors.runs import build_data
 from fedanchors.train import adapt_encoder, local_train, make_optimizer, steps_per_epoch
 
 _DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
@@ -35,7 +36,7 @@ def scenario(cfg: Config) -> tuple[ScenarioData, list[Client]]:
     if key not in _DATA:
         _DATA.clear()
         _SLICES.clear()
-        data = build_scenario(cfg.data)
+        data = build_data(cfg.data)
         _DATA[key] = (data, build_population(data, f, cfg.seed))
     return _DATA[key]
 

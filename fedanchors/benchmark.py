@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from fedanchors.baselines import BASELINES
-from fedanchors.config import load_config, read_yaml
+from fedanchors.config import read_yaml
+from fedanchors.configure import load_config
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.sweep import _stats, points, run_point
 

@@ -1,5 +1,9 @@
 """Typed run configuration: YAML -> frozen dataclasses, with checked overrides.
 
+A leaf of the library: it imports no fedanchors module but its own sections, the errors and
+the group spec. What needs the registries or the data (ranges across fields, registered
+names, a baseline's settings) is checked by ``fedanchors.configure``, above them.
+
 Unknown keys and wrong types are ``ConfigError``s that name the dotted key and the
 closest valid one. ``--set a.b=value`` overrides are parsed as YAML scalars and checked
 against the field's type, like nanoGPT's configurator but typed.
@@ -132,7 +136,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
@@ -163,7 +167,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+def build_section(cls: type, raw: dict, prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``raw``, rejecting unknown keys."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -258,37 +262,11 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return raw
 
 
-def from_dict(raw: dict) -> Config:
-    """Build and validate a Config from a plain nested mapping (a ``baseline``'s settings merged in)."""
-    if raw.get("baseline"):
-        from fedanchors.baselines import apply_baseline
-
-        raw = apply_baseline(raw)
-    cfg = _build(Config, raw)
-    from fedanchors.config_checks import validate  # cross-field checks, in their own module
-
-    validate(cfg)
-    return cfg
-
-
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
-    """Read ``path`` (or the defaults when None), apply overrides, validate."""
-    raw = read_yaml(path) if path else {}
-    if not raw.get("name") and path:
-        raw["name"] = Path(path).stem
-    return from_dict(apply_overrides(raw, list(overrides)))
-
-
-def from_run_config(run_config: dict) -> Config:
-    """The Config named by Flower's flat run config (``config`` path, ``overrides`` "k=v k=v")."""
-    if "config" not in run_config:
-        raise ConfigError("the Flower run config has no 'config' key; pass --run-config 'config=\"configs/X.yaml\"'")
-    overrides = [s for s in str(run_config.get("overrides", "")).split() if s]
-    path = Path(str(run_config["config"]))
-    app_dir = Path(__file__).resolve().parents[1]  # the app (a FAB installed by Flower, or the repo)
-    if not path.is_absolute() and not path.exists() and (app_dir / path).exists():
-        path = app_dir / path
-    return load_config(str(path), overrides)
+def parse_config(raw: dict) -> Config:
+    """The ``Config`` a plain nested mapping describes: keys and types checked, nothing else.
+    Ranges, registry names and the data are checked above this leaf module
+    (``fedanchors.configure.from_dict``, which every entry point uses)."""
+    return build_section(Config, raw)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -310,8 +288,3 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     d = to_dict(cfg)
     d["data"]["groups"] = [compact(g) for g in cfg.data.groups]
     Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
-
-
-def replace(cfg: Config, overrides: list[str]) -> Config:
-    """A new Config with ``a.b=value`` overrides applied and validated."""
-    return from_dict(apply_overrides(to_dict(cfg), overrides))

@@ -1,5 +1,5 @@
 """Cross-field checks of a ``Config`` that a type annotation cannot express: ranges, run
-names, registry names. Called by ``fedanchors.config.from_dict``; each failure is one
+names, registry names. Called by ``fedanchors.configure.from_dict``; each failure is one
 ``ConfigError`` line."""
 
 from __future__ import annotations
@@ -160,9 +160,12 @@ def check_run_name(name: str) -> None:
 def _check_registered(cfg: Config) -> None:
     """Names that point into registries must exist (imported late: registries fill on import)."""
     from fedanchors import aggregate, losses, methods, models, population, server_opt
-    from fedanchors.data import check_data_config
+    from fedanchors.data import check_data_config, resolve_groups
 
     check_data_config(cfg.data)
+    for i, g in enumerate(resolve_groups(cfg.data) or ()):
+        if g.partition is not None:
+            population.PARTITIONERS.get(g.partition.kind, f"data.groups[{i}].partition.kind")
     methods.METHODS.get(cfg.method.name, "method.name")
     server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
     aggregate.AGGREGATIONS.get(cfg.federated.aggregation, "federated.aggregation")

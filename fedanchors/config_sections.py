@@ -111,7 +111,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """A frozen feature extractor in front of the classifier (fedanchors.data.features)."""
+    """A frozen feature extractor in front of the classifier (fedanchors.features)."""
 
     backbone: str = ""  # "": off | resnet18 | resnet50 | vit_b_16 | dinov2_vit{s,b,l,g}14 | from_run
     layer: str = "avgpool"  # resnet: layer3 | layer4 | avgpool

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedanchors.config import EncoderConfig
-from fedanchors.models import ENCODERS
+from fedanchors.encoders import ENCODERS
 
 
 def _vocab(meta: dict | None) -> int:

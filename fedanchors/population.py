@@ -250,3 +250,8 @@ def split_weights(group_w: torch.Tensor, groups: list[int], sizes: list[int], pi
         n = sum(sizes[p] for p in mine)
         out.update({p: float(group_w[g]) * sizes[p] / n for p in mine})
     return out
+
+
+def population_size(f, data, seed: int) -> int:
+    """Clients (SuperNodes) in a run: the size of ``build_population(data, f, seed)``."""
+    return len(build_population(data, f, seed))

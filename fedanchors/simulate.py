@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from fedanchors.config import Config, load_config, replace, to_dict
+from fedanchors.config import Config, to_dict
+from fedanchors.configure import load_config, replace
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.fileio import as_write_error
 from fedanchors.resume import Aborted, Interrupted
@@ -92,12 +93,12 @@ def check_against_data(cfg: Config, data) -> None:
 
 def _checks(cfg: Config):
     """Every check that needs no run directory: device, resources, data, group names."""
-    from fedanchors.data import build_scenario
     from fedanchors.rundir import resolve_device
+    from fedanchors.runs import build_data
 
     resolve_device(cfg.device)  # device: cuda without a GPU fails here, in both modes
     federated = _federated(cfg)
-    data = build_scenario(cfg.data)
+    data = build_data(cfg.data)
     check_against_data(cfg, data)
     return federated, data
 
@@ -221,7 +222,7 @@ def run_compare(cfg: Config) -> str:
     from pathlib import Path
 
     from fedanchors.compare import compare
-    from fedanchors.config import replace
+    from fedanchors.configure import replace
 
     epochs = cfg.optim.epochs
     update = cfg.anchors.update or "gradient"

@@ -27,7 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from fedanchors.config import Config, load_config, parse_override, read_yaml, replace, to_dict, yaml_load
+from fedanchors.config import Config, parse_override, read_yaml, to_dict, yaml_load
+from fedanchors.configure import load_config, replace
 from fedanchors.errors import ConfigError, FedAnchorsError
 
 DONE = "done"

@@ -21,14 +21,15 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from clients.protocol import pack, unpack, unpack_arrays
-from fedanchors.data import build_scenario
 from fedanchors.errors import FedAnchorsError
 from fedanchors.gating import core
 from fedanchors.gating.config import GatingConfig
 from fedanchors.gating.experts import expert_config, group_models
 from fedanchors.gating.losses import priors_from_counts
 from fedanchors.methods import build_method
-from server.simulation import GuardedGrid, simulate_apps
+from fedanchors.runs import build_data
+from server.grid import GuardedGrid
+from server.simulation import simulate_apps
 
 
 class FederatedGate:
@@ -38,7 +39,7 @@ class FederatedGate:
         self.net = core.build_gate(cfg, self.E)
         self.method = build_method(cfg.federated.method, groups)
         self.heads = []  # per expert, per group: the expert's head state dict (the server holds the heads)
-        data = build_scenario(expert_config(runs[0]).data)  # the experts share their data (checked)
+        data = build_data(expert_config(runs[0]).data)  # the experts share their data (checked)
         for run in runs:
             ecfg = expert_config(run)
             heads = group_models(run, ecfg, data, torch.device("cpu"))[1]

@@ -15,11 +15,13 @@ from flwr.app import Context
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
-from fedanchors.config import Config, from_run_config
+from fedanchors.config import Config
+from fedanchors.configure import from_run_config
 from fedanchors.errors import FedAnchorsError
+from fedanchors.population import population_size
 from fedanchors.rundir import RunDir
 from server.driver import serve
-from server.simulation import GuardedGrid, population_size
+from server.grid import GuardedGrid
 
 
 def make_server_app(
@@ -67,16 +69,16 @@ def _flwr_run_app() -> ServerApp:
 
 
 def _flwr_run(grid: Grid, context: Context) -> None:
-    from fedanchors.data import build_scenario
+    from fedanchors.runs import build_data
     from fedanchors.simulate import check_against_data
 
     cfg = from_run_config(context.run_config)
-    data = build_scenario(cfg.data)
+    data = build_data(cfg.data)
     check_against_data(cfg, data)
     where = str(context.run_config.get("run-dir", "") or "")
     run = RunDir.create_at(Path(where), cfg) if where else RunDir.create(cfg)
     try:
-        n = population_size(cfg, data)
+        n = population_size(cfg.federated, data, cfg.seed)
         summary = serve(cfg, grid, n, data.num_classes, run, data.class_sets)
         summary["run_dir"] = str(run.path)
         flwr_log(INFO, "summary: %s", json.dumps({k: summary[k] for k in ("test_acc_wg", "test_acc_all", "run_dir")}))

@@ -7,7 +7,6 @@ import difflib
 import logging
 import os
 import threading
-import time
 import warnings
 
 import torch
@@ -16,6 +15,7 @@ from fedanchors.config import Config
 from fedanchors.data import ScenarioData
 from fedanchors.errors import ConfigError, FedAnchorsError
 from fedanchors.fileio import as_write_error
+from fedanchors.population import population_size
 from fedanchors.resume import StopFlag
 from fedanchors.rundir import RunDir
 from server import reaper
@@ -57,43 +57,6 @@ def _actor_pool_cap(clients: int):
         ray_actor.pool_size_from_resources = original
         ray_actor.BasicActorPool.terminate_all_actors = original_end
         ray_utils.set_sigterm_handler = original_sigterm
-
-
-class EngineFailed(FedAnchorsError):
-    """The simulation engine stopped: the ServerApp must not wait for replies any longer."""
-
-
-class GuardedGrid:
-    """A Grid whose waits end as soon as ``abort`` is set (the engine failed), instead of
-    after ``round_timeout``: the same push/pull loop as Flower's ``send_and_receive``."""
-
-    def __init__(self, grid, abort: threading.Event) -> None:
-        self.grid, self.abort = grid, abort
-
-    def __getattr__(self, name: str):
-        return getattr(self.grid, name)
-
-    def _alive(self) -> None:
-        if self.abort.is_set():
-            raise EngineFailed("the Flower simulation engine stopped; no client can answer")
-
-    def get_node_ids(self):
-        self._alive()
-        return self.grid.get_node_ids()
-
-    def send_and_receive(self, messages, *, timeout: float | None = None):
-        self._alive()
-        ids = set(self.grid.push_messages(messages))
-        end = time.time() + (timeout or 0.0)
-        out: list = []
-        while ids and (timeout is None or time.time() < end):
-            got = list(self.grid.pull_messages(ids))
-            out.extend(got)
-            ids.difference_update(m.metadata.reply_to_message_id for m in got)
-            if ids:
-                self._alive()
-                time.sleep(0.05)
-        return out
 
 
 def check_ray_init(ray_init: dict) -> None:
@@ -146,13 +109,6 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def population_size(cfg: Config, data: ScenarioData) -> int:
-    """Clients (SuperNodes) in the run: the population's size."""
-    from fedanchors.population import build_population
-
-    return len(build_population(data, cfg.federated, cfg.seed))
-
-
 def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = False) -> dict:
     """One Flower client per client of each group, ``federated.rounds`` rounds; the summary.
 
@@ -160,12 +116,12 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     ``<run>/clients``); ``resume=True`` continues after the last one. Ctrl-C stops after
     the current round's checkpoint.
     """
-    _quiet()  # before flwr is imported
+    _quiet()  # before flwr is imported (so the apps are imported here, not at the top)
     from clients.client_app import make_client_app
     from server.server_app import make_server_app
 
     f = cfg.federated
-    n = population_size(cfg, data)
+    n = population_size(cfg.federated, data, cfg.seed)
     holder: dict = {"abort": threading.Event()}
     with StopFlag() as stop:
         server_app = make_server_app(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedanchors.config import Config, from_dict, to_dict
+from fedanchors.config import Config, to_dict
+from fedanchors.configure import from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FEDANCHORS_DATA", REPO.parent / "shared" / "data"))

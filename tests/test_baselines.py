@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clients.protocol import ANCHORS, ENCODER, HEAD
-from fedanchors.config import load_config
+from fedanchors.configure import load_config
 from fedanchors.errors import ConfigError
 from fedanchors.evaluate import evaluate_run
 from fedanchors.rundir import RunDir

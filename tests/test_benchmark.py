@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fedanchors.benchmark import load_bench, summarize
-from fedanchors.config import load_config
+from fedanchors.configure import load_config
 
 from .conftest import REPO
 

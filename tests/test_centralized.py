@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fedanchors.config import load_config
+from fedanchors.configure import load_config
 from fedanchors.simulate import run
 
 from .conftest import REPO, small_config

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedanchors.config import Config, load_config, to_dict
+from fedanchors.config import Config, to_dict
+from fedanchors.configure import load_config
 from fedanchors.errors import ConfigError
 
 from .conftest import REPO
@@ -58,7 +59,8 @@ def test_bad_choice_and_registry_name():
 
 def test_config_round_trips(tmp_path):
     cfg = load_config(REPO / "configs" / "digits_fed.yaml")
-    from fedanchors.config import from_dict, save_config
+    from fedanchors.config import save_config
+    from fedanchors.configure import from_dict
 
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg

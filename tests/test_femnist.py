@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from fedanchors.config import load_config
+from fedanchors.configure import load_config
 from fedanchors.data import build_scenario
 from fedanchors.errors import DataError
 from fedanchors.population import build_population

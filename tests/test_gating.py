@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedanchors.config import LossConfig, load_config
+from fedanchors.config import LossConfig
+from fedanchors.configure import load_config
 from fedanchors.gating import core
 from fedanchors.gating import losses as L
 from fedanchors.gating.config import GateNetConfig, GatingConfig, load_gating_config
@@ -44,7 +45,7 @@ def test_logit_adjustment_and_balanced_softmax_match_their_formulas():
 
 
 def test_gating_split_is_a_per_class_share_of_train(shared_data):
-    from fedanchors.config import replace
+    from fedanchors.configure import replace
     from fedanchors.data import build_scenario
 
     cfg = load_config("configs/mnist_lt.yaml", [f"data.root={shared_data}"])

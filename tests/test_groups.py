@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fedanchors.centralized import CentralizedTrainer
-from fedanchors.config import DataConfig, from_dict, to_dict
+from fedanchors.config import DataConfig, to_dict
+from fedanchors.configure import from_dict
 from fedanchors.data import build_scenario
 from fedanchors.data.longtail import longtail_counts
 from fedanchors.data.mnist import mnist_pool

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedanchors.config import load_config, save_config
+from fedanchors.config import save_config
+from fedanchors.configure import load_config
 from fedanchors.errors import Diverged, RunFailed
 from fedanchors.rundir import RunDir
 from server.strategy import FedAnchors

@@ -139,7 +139,7 @@ def test_fedprox_in_local_training_moves_toward_the_reference(tmp_path):
 
 
 def test_unknown_server_optimizer_is_a_config_error():
-    from fedanchors.config import load_config
+    from fedanchors.configure import load_config
     from fedanchors.errors import ConfigError
 
     with pytest.raises(ConfigError, match="federated.server_opt: unknown server optimizer 'adamw'"):

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from fedanchors.config import LossConfig, load_config, replace
-from fedanchors.data import build_scenario
+from fedanchors.config import LossConfig
+from fedanchors.configure import load_config, replace
 from fedanchors.errors import ConfigError
 from fedanchors.losses import class_loss
 from fedanchors.models import build_encoder, build_head
 from fedanchors.parametrization import ScaledLinear
+from fedanchors.runs import build_data
 from tests.conftest import small_config
 
 
@@ -74,10 +75,10 @@ def test_backbone_features_from_a_saved_resnet18_are_cached(tmp_path):
     sets = ["data.features.backbone=resnet18", f"data.features.weights={tmp_path / 'r18.pt'}",
             f"data.features.cache={tmp_path / 'cache'}", "data.max_per_group=120"]  # fmt: skip
     cfg = load_config(None, [*sets, "data.features.layer=avgpool"])
-    data = build_scenario(cfg.data)
+    data = build_data(cfg.data)
     g = data.groups[0]
     assert g.space == "px8@resnet18" and g.shape == (512,)
-    raw = build_scenario(replace(cfg, ["data.features.backbone="]).data).groups[0]
+    raw = build_data(replace(cfg, ["data.features.backbone="]).data).groups[0]
     net.eval()
     with torch.no_grad():  # the features are the saved network's pooled layer4 on the 3-channel image
         x = torch.cat([raw.train.x[:5], torch.zeros(5, 2, 8, 8)], 1)
@@ -87,9 +88,9 @@ def test_backbone_features_from_a_saved_resnet18_are_cached(tmp_path):
     files = list((tmp_path / "cache").glob("*.pt"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    build_scenario(cfg.data)  # read back, not recomputed
+    build_data(cfg.data)  # read back, not recomputed
     assert files[0].stat().st_mtime_ns == stamp
-    l3 = build_scenario(load_config(None, [*sets, "data.features.layer=layer3"]).data)
+    l3 = build_data(load_config(None, [*sets, "data.features.layer=layer3"]).data)
     assert l3.groups[0].shape == (256,) and len(list((tmp_path / "cache").glob("*.pt"))) == 2
     # an MLP trains on the cached features, in both modes' shared code
     from fedanchors.centralized import CentralizedTrainer
@@ -99,9 +100,9 @@ def test_backbone_features_from_a_saved_resnet18_are_cached(tmp_path):
     assert math.isfinite(tr.train(1)["loss"])
     bad = load_config(None, ["data.features.backbone=resnet18", f"data.features.weights={tmp_path / 'none.pt'}"])
     with pytest.raises(ConfigError, match="does not exist"):
-        build_scenario(bad.data)
+        build_data(bad.data)
     with pytest.raises(ConfigError, match="not one of"):
-        build_scenario(load_config(None, ["data.features.backbone=resnet19"]).data)
+        build_data(load_config(None, ["data.features.backbone=resnet19"]).data)
 
 
 def test_features_from_an_earlier_run(tmp_path):
@@ -111,12 +112,12 @@ def test_features_from_an_earlier_run(tmp_path):
     summary = run(first)
     cfg = replace(first, ["data.features.backbone=from_run", f"data.features.from_run={summary['run_dir']}",
                           f"data.features.cache={tmp_path / 'cache'}"])  # fmt: skip
-    data = build_scenario(cfg.data)
+    data = build_data(cfg.data)
     from fedanchors.evaluate import restore
 
-    encoders, _ = restore(__import__("pathlib").Path(summary["run_dir"]), first, build_scenario(first.data), "best",
+    encoders, _ = restore(__import__("pathlib").Path(summary["run_dir"]), first, build_data(first.data), "best",
                           torch.device("cpu"))  # fmt: skip
-    raw = build_scenario(first.data)
+    raw = build_data(first.data)
     for g, r, enc in zip(data.groups, raw.groups, encoders):
         assert g.shape == (first.model.latent_dim,)
         with torch.no_grad():
@@ -137,9 +138,9 @@ def test_dfr_on_an_inner_layer_and_split_from_train(tmp_path):
         from fedanchors.simulate import check_against_data
 
         c2 = small_config(tmp_path, dfr=dfr)
-        check_against_data(c2, build_scenario(c2.data))
+        check_against_data(c2, build_data(c2.data))
     cfg = small_config(tmp_path, dfr=dfr, data={"scenario": "", "groups": GROUPS, "max_per_group": 0})
-    data = build_scenario(cfg.data)
+    data = build_data(cfg.data)
     tr = CentralizedTrainer(cfg, data)
     for g0, g1 in zip(data.groups, tr.data.groups):  # a quarter of each class held out of training
         assert len(g1.train) + len(g1.gating) == len(g0.train)
@@ -158,7 +159,7 @@ def test_dfr_on_an_inner_layer_and_split_from_train(tmp_path):
 def test_vit_features_read_the_chosen_block():
     """ViT-B/16's last block with the class token is what torchvision feeds its head; an earlier
     block and the mean pools give other vectors of the same width."""
-    from fedanchors.data.features import ViTFeatures
+    from fedanchors.features import ViTFeatures
 
     torch.manual_seed(0)
     net = torchvision.models.vit_b_16(weights=None).eval()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from fedanchors.config import from_dict, load_config
+from fedanchors.configure import from_dict, load_config
 from fedanchors.data import build_scenario
 from fedanchors.data.sources import Pool, SourceData, source
 from fedanchors.errors import ConfigError

@@ -7,7 +7,7 @@ from ``data.scenario``: a preset (a named group list) or a Python scenario.
 
 import difflib
 
-from fedanchors.config import _build
+from fedanchors.config import build_section
 from fedanchors.data import digits, femnist, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
 from fedanchors.data.base import (
     SCENARIO_OPTIONS,
@@ -52,7 +52,9 @@ def resolve_groups(cfg) -> tuple[GroupSpec, ...] | None:
     name = scenario_name(cfg)
     if name in PRESETS:
         p = PRESETS.get(name)
-        return parse_groups(p.expand(_build(p.options, dict(cfg.options), "data.options")), f"data.scenario {name}")
+        return parse_groups(
+            p.expand(build_section(p.options, dict(cfg.options), "data.options")), f"data.scenario {name}"
+        )
     return None
 
 
@@ -80,11 +82,12 @@ def check_data_config(cfg) -> None:
     if name in PRESETS:
         check_groups(resolve_groups(cfg), f"data.scenario {name}")
     else:
-        _build(SCENARIO_OPTIONS[name], dict(cfg.options), "data.options")
+        build_section(SCENARIO_OPTIONS[name], dict(cfg.options), "data.options")
 
 
 def build_scenario(cfg) -> ScenarioData:
-    """Build the configured groups (``cfg`` is the run's DataConfig)."""
+    """Build the configured groups (``cfg`` is the run's DataConfig). Frozen features
+    (``data.features``) are applied above, by ``fedanchors.runs.build_data``."""
     groups = resolve_groups(cfg)
     name = scenario_name(cfg)
     if groups is not None:
@@ -98,12 +101,7 @@ def build_scenario(cfg) -> ScenarioData:
             check_finite_rows(getattr(g, split).x, where)
     if cfg.gating_fraction > 0:
         data = carve_gating(data, cfg.gating_fraction, cfg.split_seed)
-    data = data if cfg.common_input == "none" else to_common_input(data, cfg.common_input)
-    if cfg.features.backbone:
-        from fedanchors.data.features import with_features
-
-        data = with_features(data, cfg)
-    return data
+    return data if cfg.common_input == "none" else to_common_input(data, cfg.common_input)
 
 
 def carve_gating(data: ScenarioData, fraction: float, seed: int) -> ScenarioData:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedanchors.config import DataConfig, _build
+from fedanchors.config import DataConfig, build_section
 from fedanchors.errors import ConfigError, DataError
 from fedanchors.names import check_name
 from fedanchors.registry import Registry
@@ -122,7 +122,7 @@ def scenario(name: str, options: type) -> Any:
 
 def scenario_options(cls: type, cfg: DataConfig) -> Any:
     """Parse ``data.options`` into the scenario's own options dataclass."""
-    return _build(cls, dict(cfg.options), "data.options")
+    return build_section(cls, dict(cfg.options), "data.options")
 
 
 def data_root(cfg: DataConfig) -> Path:

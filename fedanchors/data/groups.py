@@ -25,7 +25,7 @@ from collections import defaultdict
 
 import torch
 
-from fedanchors.config import DataConfig, _build
+from fedanchors.config import DataConfig, build_section
 from fedanchors.data.base import GroupData, ScenarioData, Split, cap, check_finite_rows, data_root, split_fractions
 from fedanchors.data.sources import SOURCES, Pool, Source, SourceData
 from fedanchors.data.transforms import derive, image_transforms, longtail, space_name, spectrograms
@@ -40,13 +40,11 @@ def source_options(src: Source, spec: GroupSpec, key: str):
         if spec.options:
             raise ConfigError(f"{key}.options: source {src.name} takes no options, got {sorted(spec.options)}")
         return None
-    return _build(src.options, dict(spec.options), f"{key}.options")
+    return build_section(src.options, dict(spec.options), f"{key}.options")
 
 
 def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> dict:
     """Validate a group list before any data is read; returns {group: (space, modality, shape)}."""
-    from fedanchors.population import PARTITIONERS
-
     if not groups:
         raise ConfigError(f"{where}: empty; declare at least one group")
     names: set[str] = set()
@@ -82,8 +80,7 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
         unknown = sorted(set(g.where) - set(src.attrs))
         if unknown:
             raise ConfigError(f"{key}.where: source {g.source} has no attribute {unknown} (it has: {list(src.attrs)})")
-        if g.partition is not None:
-            PARTITIONERS.get(g.partition.kind, f"{key}.partition.kind")
+        if g.partition is not None:  # its kind is checked against the partitioners above data (config_checks)
             if not g.partition.alpha > 0 or g.partition.labels < 1:
                 raise ConfigError(
                     f"{key}.partition: alpha must be > 0 and labels >= 1, got {g.partition.alpha}, {g.partition.labels}"
@@ -272,7 +269,7 @@ def build_groups(cfg: DataConfig, groups: tuple[GroupSpec, ...], name: str = "da
 
 def parse_groups(raw: list[dict], where: str) -> tuple[GroupSpec, ...]:
     """Plain dicts (a preset's expansion) -> GroupSpecs, checked like YAML."""
-    return tuple(_build(GroupSpec, dict(d), f"{where}[{i}]") for i, d in enumerate(raw))
+    return tuple(build_section(GroupSpec, dict(d), f"{where}[{i}]") for i, d in enumerate(raw))
 
 
 __all__ = ["build_groups", "check_groups", "parse_groups", "cap"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from fedanchors.config import MethodConfig, _build, apply_overrides, read_yaml
+from fedanchors.config import MethodConfig, apply_overrides, build_section, read_yaml
 from fedanchors.errors import ConfigError
 
 
@@ -129,6 +129,6 @@ def load_gating_config(path: str | None, overrides: list[str] = ()) -> GatingCon
     raw = read_yaml(path) if path else {}
     if not raw.get("name") and path:
         raw["name"] = Path(path).stem
-    cfg = _build(GatingConfig, apply_overrides(raw, list(overrides)))
+    cfg = build_section(GatingConfig, apply_overrides(raw, list(overrides)))
     check(cfg)
     return cfg

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from fedanchors.config import Config, load_config, to_dict
+from fedanchors.config import Config, to_dict
+from fedanchors.configure import load_config
 from fedanchors.errors import ConfigError
-from fedanchors.evaluate import FILES, restore
-from fedanchors.population import build_population
 from fedanchors.resume import CheckpointError, load
+from fedanchors.runs import FILES, build_data, group_models  # noqa: F401 (group_models: importable here too)
 
 SPLITS = ("gating", "val", "test")
 CACHE = "gating_logits.pt"
@@ -51,27 +51,6 @@ def data_key(cfg: Config) -> dict:
     return d
 
 
-def group_models(run: Path, cfg: Config, data, device: torch.device) -> tuple[list, list]:
-    """(encoder, head) of each group of the expert's best checkpoint. A federated expert needs
-    one encoder per group: one client per group, or a shared encoder with a global head."""
-    encoders, head = restore(run, cfg, data, "best", device)
-    if cfg.mode != "federated":
-        return encoders, [head] * len(data.groups)
-    population = build_population(data, cfg.federated, cfg.seed)
-    encs, heads = [], []
-    for gi, g in enumerate(data.groups):
-        pids = [p for p, c in enumerate(population) if c.group == gi]
-        mine = {id(encoders[p]) for p in pids}
-        if len(mine) != 1 or (isinstance(head, list) and len(pids) != 1):
-            raise ConfigError(
-                f"expert run {run}: group {g.name} has {len(pids)} clients with their own models; the gate "
-                "needs one model per group (one client per group, or shared encoders and a global head)"
-            )
-        encs.append(encoders[pids[0]])
-        heads.append(head[pids[0]] if isinstance(head, list) else head)
-    return encs, heads
-
-
 @torch.no_grad()
 def logits_of(encoder, head, x: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
     encoder.eval()
@@ -87,7 +66,6 @@ def _stamp(run: Path, cfg: Config) -> list:
 def export_logits(run: Path, device: torch.device) -> dict:
     """{"splits": {split: {logits (N, C), y (N,), group (N,)}}, "class_sets", "groups"} over
     every group, cached in the run."""
-    from fedanchors.data import build_scenario
 
     cfg = expert_config(run)
     stamp = _stamp(run, cfg)
@@ -99,7 +77,7 @@ def export_logits(run: Path, device: torch.device) -> dict:
                 return got
         except CheckpointError:
             pass  # a broken cache is rebuilt
-    data = build_scenario(cfg.data)
+    data = build_data(cfg.data)
     encoders, heads = group_models(run, cfg, data, device)
     out = {}
     for split in SPLITS:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from fedanchors.config import load_config, to_dict
+from fedanchors.config import to_dict
+from fedanchors.configure import load_config
 from fedanchors.errors import ConfigError, RunFailed
 from fedanchors.evaluate import FILES
 from fedanchors.gating import core

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -192,11 +193,17 @@ def _apply(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch]).float() for i in range(0, len(x), batch)]) if len(x) else x.new_zeros(0)
 
 
-def run_extractors(data, cfg) -> dict[str, nn.Module]:
-    """Input space -> its frozen extractor (one backbone for every space, or the run's encoders)."""
+RunEncoders = Callable[[Path, object], dict[str, nn.Module]]  # (run dir, data) -> space -> encoder
+
+
+def run_extractors(data, cfg, run_encoders: RunEncoders | None = None) -> dict[str, nn.Module]:
+    """Input space -> its frozen extractor (one backbone for every space, or the encoders of an
+    earlier run, which ``run_encoders`` restores: ``fedanchors.runs``, the layer above)."""
     f = cfg.features
     if f.backbone == "from_run":
-        return _run_encoders(Path(f.from_run), data)
+        if run_encoders is None:
+            raise ConfigError("data.features.backbone: from_run needs the run reader (use fedanchors.runs.build_data)")
+        return run_encoders(Path(f.from_run), data)
     model = build_backbone(f, 0)
     return {s: nn.Sequential(_RGB(f.image_size), model) for s in data.spaces()}
 
@@ -210,30 +217,7 @@ class _RGB(nn.Module):
         return _to_rgb(x, self.size)
 
 
-def _run_encoders(run: Path, data) -> dict[str, nn.Module]:
-    from fedanchors.config import load_config
-    from fedanchors.data import build_scenario
-    from fedanchors.evaluate import restore
-    from fedanchors.gating.experts import group_models
-
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"data.features.from_run: {run} is not a fedanchors run directory (no config.yaml)")
-    rcfg = load_config(run / "config.yaml")
-    rdata = build_scenario(rcfg.data)
-    if rcfg.mode == "federated":
-        encoders, _ = group_models(run, rcfg, rdata, torch.device("cpu"))
-    else:
-        encoders, _ = restore(run, rcfg, rdata, "best", torch.device("cpu"))
-    by_space = {g.space: e.eval() for g, e in zip(rdata.groups, encoders)}
-    missing = sorted(set(data.spaces()) - set(by_space))
-    if missing:
-        raise ConfigError(
-            f"data.features.from_run: {run} has no encoder for input space(s) {missing} (it has {sorted(by_space)})"
-        )
-    return by_space
-
-
-def with_features(data, cfg):
+def with_features(data, cfg, run_encoders: RunEncoders | None = None):
     """``data`` with every split replaced by its cached (or computed, then cached) features."""
     from fedanchors.data.base import GroupData, ScenarioData, Split
     from fedanchors.resume import CheckpointError, load, save_atomic
@@ -247,7 +231,7 @@ def with_features(data, cfg):
         except CheckpointError:
             feats = None  # a broken cache is recomputed
     if feats is None:
-        extractors = run_extractors(data, cfg)
+        extractors = run_extractors(data, cfg, run_encoders)
         feats = []
         for g in data.groups:
             m = extractors[g.space]
