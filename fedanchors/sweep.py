@@ -75,20 +75,20 @@ def run_point(base: Config, point: dict, out: Path) -> dict:
         return {"failed": (d / FAILED).read_text().strip(), "skipped": True}
     cfg = replace(base, [*point["overrides"], f"name={point['hash']}", f"out_dir={out}", "progress=false"])
     ckpt = d / "checkpoints" / ("server_resume.pt" if cfg.mode == "federated" else "resume.pt")
-    if d.exists() and ckpt.is_file() and not (d / "summary.json").exists():
-        summary = resume(str(d), None, [])  # an interrupted point continues from its checkpoint
-    else:
-        if d.exists():  # an attempt that left no checkpoint: kept aside, never overwritten
-            k = 1
-            while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
-                k += 1
-            shutil.move(str(d), aside)
-        try:
+    try:
+        if d.exists() and ckpt.is_file() and not (d / "summary.json").exists():
+            summary = resume(str(d), None, [])  # an interrupted point continues from its checkpoint
+        else:
+            if d.exists():  # an attempt that left no checkpoint: kept aside, never overwritten
+                k = 1
+                while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
+                    k += 1
+                shutil.move(str(d), aside)
             summary = run(cfg)
-        except (Diverged, RunFailed) as e:  # a result of this point (a method that diverges), not a bug
-            (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
-            (d / FAILED).write_text(f"{type(e).__name__}: {e}\n")
-            return {"failed": f"{type(e).__name__}: {e}", "skipped": False}
+    except (Diverged, RunFailed) as e:  # a result of this point (a method that diverges), not a bug
+        (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
+        (d / FAILED).write_text(f"{type(e).__name__}: {e}\n")
+        return {"failed": f"{type(e).__name__}: {e}", "skipped": False}
     (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
     (d / DONE).write_text("")
     return summary | {"skipped": False}
