@@ -62,7 +62,8 @@ def _stack(states: list[State], k: str) -> torch.Tensor:
 @AGGREGATIONS.register("median")
 def median_rule(states: list[State], weights: list[float], opts: AggregationOptions) -> State:
     """Coordinate-wise median (Yin et al. 2018, Def. 1): per coordinate the middle value of the
-    n clients', the mean of the two middle ones for even n. Every client counts once."""
+    n clients', the mean of the two middle ones for even n. Every client counts once (the
+    server passes only clients of positive weight)."""
     n = len(states)
     out = {}
     for k in states[0]:

@@ -174,7 +174,7 @@ def _check_registered(cfg: Config) -> None:
     models.HEADS.get(cfg.model.head, "model.head")
     models.ENCODERS.get(cfg.model.encoder.kind, "model.encoder.kind")
     for space, enc in cfg.model.encoders.items():
-        check_name(space, f"model.encoders.{space}")
+        check_name(space, f"model.encoders.{space}", space=True)
         models.ENCODERS.get(enc.kind, f"model.encoders.{space}.kind")
     for group in cfg.federated.group_clients:
         check_name(group, f"federated.group_clients.{group}")

@@ -201,7 +201,7 @@ class FederatedConfig:
     faults: tuple[FaultSpec, ...] = ()  # testing aid: misbehaving clients (nan / scale / raise replies)
     # how the clients' heads and shared encoders become one (fedanchors.aggregate.AGGREGATIONS):
     # mean (FedAvg, weighted by the method), or the robust median / trimmed_mean / krum, where
-    # every client counts once (the method's group weights do not enter)
+    # every client of positive weight counts once (the method's group weights do not enter)
     aggregation: str = "mean"
     trim_fraction: float = 0.1  # trimmed_mean: this share of the clients dropped at each end, per coordinate
     krum_byzantine: int = 1  # krum: the number f of Byzantine clients tolerated (needs >= 2f + 3 replies)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -240,7 +241,8 @@ def with_features(data, cfg, run_encoders: RunEncoders | None = None):
                 parts["gating"] = _apply(m, g.gating.x, f.batch_size)
             feats.append(parts)
         save_atomic({"groups": feats}, path)
-    tag = f.backbone if f.backbone != "from_run" else f"run:{Path(f.from_run).name}"
+    run_tag = "run-" + re.sub(r"[^A-Za-z0-9_+-]", "-", Path(f.from_run).name)  # a valid space name (names.py)
+    tag = f.backbone if f.backbone != "from_run" else run_tag
     groups = [
         GroupData(
             g.name, f"{g.space}@{tag}", *(Split(p[s], getattr(g, s).y) for s in ("train", "val", "test")), g.meta,

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from fedanchors.config import Config, parse_override, read_yaml, to_dict, yaml_load
 from fedanchors.configure import load_config, replace
-from fedanchors.errors import ConfigError, FedAnchorsError
+from fedanchors.errors import ConfigError, Diverged, FedAnchorsError, RunFailed
 
 DONE = "done"
+FAILED = "failed"  # a point whose run diverged or could not give honest results: an outcome, kept
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -71,17 +72,24 @@ def run_point(base: Config, point: dict, out: Path) -> dict:
     d = out / point["hash"]
     if (d / DONE).is_file():
         return json.loads((d / "summary.json").read_text()) | {"skipped": True}
+    if (d / FAILED).is_file():  # the same seed fails the same way: not run again
+        return {"failed": (d / FAILED).read_text().strip(), "skipped": True}
     cfg = replace(base, [*point["overrides"], f"name={point['hash']}", f"out_dir={out}", "progress=false"])
     ckpt = d / "checkpoints" / ("server_resume.pt" if cfg.mode == "federated" else "resume.pt")
-    if d.exists() and ckpt.is_file() and not (d / "summary.json").exists():
-        summary = resume(str(d), None, [])  # an interrupted point continues from its checkpoint
-    else:
-        if d.exists():  # an attempt that left no checkpoint: kept aside, never overwritten
-            k = 1
-            while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
-                k += 1
-            shutil.move(str(d), aside)
-        summary = run(cfg)
+    try:
+        if d.exists() and ckpt.is_file() and not (d / "summary.json").exists():
+            summary = resume(str(d), None, [])  # an interrupted point continues from its checkpoint
+        else:
+            if d.exists():  # an attempt that left no checkpoint: kept aside, never overwritten
+                k = 1
+                while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
+                    k += 1
+                shutil.move(str(d), aside)
+            summary = run(cfg)
+    except (Diverged, RunFailed) as e:  # a result of this point (a method that diverges), not a bug
+        (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
+        (d / FAILED).write_text(f"{type(e).__name__}: {e}\n")
+        return {"failed": f"{type(e).__name__}: {e}", "skipped": False}
     (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
     (d / DONE).write_text("")
     return summary | {"skipped": False}
@@ -109,14 +117,15 @@ def table(results: list[tuple[dict, dict]]) -> str:
         val = _stats([r.get("best_val_acc_wg") for r in runs])
         test = _stats([r.get("test_acc_wg") for r in runs])
         acc = _stats([r.get("test_acc_all") for r in runs])
-        rows.append((val, test, acc, key, len(runs)))
+        failed = sum("failed" in r for r in runs)
+        rows.append((val, test, acc, key, len(runs), failed))
     rows.sort(key=lambda r: (-r[0][0] if not math.isnan(r[0][0]) else math.inf, " ".join(r[3])))  # ties: by name
     lines = [
-        "| point | seeds | val acc_wg | test acc_wg | test acc_all |",
-        "|---|---|---|---|---|",
+        "| point | seeds | failed | val acc_wg | test acc_wg | test acc_all |",
+        "|---|---|---|---|---|---|",
     ]
-    for val, test, acc, key, n in rows:
-        lines.append(f"| {' '.join(key)} | {n} | {_cell(val)} | {_cell(test)} | {_cell(acc)} |")
+    for val, test, acc, key, n, failed in rows:  # mean ± std over the seeds that finished
+        lines.append(f"| {' '.join(key)} | {n} | {failed} | {_cell(val)} | {_cell(test)} | {_cell(acc)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, pt in enumerate(pts, 1):
             summary = run_point(base, pt, out)
             state = "skipped (done)" if summary["skipped"] else "ran"
+            if "failed" in summary:
+                state = f"failed{' before' if summary['skipped'] else ''}: {summary['failed']}"
             print(f"[{i}/{len(pts)}] {pt['hash']} {' '.join(pt['overrides'])}: {state}", file=sys.stderr)
             results.append((pt, summary))
     except FedAnchorsError as e:

@@ -334,8 +334,9 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
                 )
                 mine, norms = _unflat(flat), [*norms, norm]
             for name, sd in mine.items():
-                parts.setdefault(name, []).append((wi, sd))
-        if not parts:
+                if wi > 0:  # weight 0: the method leaves this client's group out of the objective
+                    parts.setdefault(name, []).append((wi, sd))
+        if not parts:  # a part whose holders all weigh 0 gets no gradient: it stays as it is
             return norms
         rule = AGGREGATIONS.get(f.aggregation)
         opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)

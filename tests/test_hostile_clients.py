@@ -229,3 +229,24 @@ def test_a_malformed_setup_reply_stops_the_run_naming_the_node(tmp_path, monkeyp
     grid = InProcessGrid(cfg, 2)
     with pytest.raises(FedAnchorsError, match=r"setup: node \d+: num-examples -5 is not a positive integer"):
         FedAnchors(cfg, 2, 10).discover(grid)
+
+
+@pytest.mark.parametrize("rule", ["mean", "median"])
+def test_a_shared_encoder_whose_holders_all_weigh_zero_stays_put(tmp_path, rule):
+    """GroupDRO's q can reach exactly 0 for a group (a hostile update blew up the other
+    group's loss); that group's shared encoder then gets no gradient, as centralized: it is
+    left unchanged, not averaged with weights summing to 0 (which raised before)."""
+    fed = {"rounds": 1, "clients": 2, "local_steps": 1, "aggregation": rule}
+    method = {"name": "balanced", "lambdas": {"digits16": 0.0}}
+    cfg = small_config(tmp_path, mode="federated", federated=fed, method=method)
+    from server.strategy import FedAnchors
+
+    grid = InProcessGrid(cfg, 4)
+    server = FedAnchors(cfg, 4, 10)
+    server.discover(grid)
+    before = {s: {k: v.clone() for k, v in e.state_dict().items()} for s, e in server.encoders.items()}
+    server.aggregate_train(1, grid.send_and_receive(server.configure_train(1)))
+    moved = {
+        s: any(not torch.equal(before[s][k], v) for k, v in e.state_dict().items()) for s, e in server.encoders.items()
+    }
+    assert moved == {"px8": True, "px16": False}

@@ -38,6 +38,7 @@ from .test_resume import _finished, _records, _start, _wait_for
         ("name", "a" * 65, "more than 64"),
         ("name", "tab\there", "'\\t'"),
         ("space", "px:8", "':'"),
+        ("space", "px.8", "'.'"),
     ],
 )
 def test_group_and_space_names_are_checked_at_load(tmp_path, key, value, why):

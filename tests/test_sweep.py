@@ -45,11 +45,11 @@ def test_sweep_runs_each_point_once_and_tabulates(tmp_path, capsys):
     assert len(rows) == 4
     for row, (mean, key, runs) in zip(rows, expected):
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[0] == key and cells[1] == "2"
+        assert cells[0] == key and cells[1] == "2" and cells[2] == "0"
         std = statistics.stdev(r["best_val_acc_wg"] for r in runs)
-        assert cells[2] == f"{mean:.4f} ± {std:.4f}"
+        assert cells[3] == f"{mean:.4f} ± {std:.4f}"
         test_mean = statistics.mean(r["test_acc_wg"] for r in runs)
-        assert cells[3].startswith(f"{test_mean:.4f}")
+        assert cells[4].startswith(f"{test_mean:.4f}")
 
 
 def test_sweep_rejects_a_bad_grid_before_running(tmp_path, capsys):
@@ -61,3 +61,22 @@ def test_sweep_rejects_a_bad_grid_before_running(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "optim.lrr" in err[0] and "optim.lr" in err[0]
     assert not any((tmp_path / "sw").glob("*/done"))
+
+
+def test_a_point_that_diverges_is_recorded_failed_and_the_sweep_goes_on(tmp_path, capsys):
+    """A diverging point (lr 100) is an outcome of the study, not an error of the sweep: it
+    is marked failed with its reason, counted in the table, and not rerun on a relaunch."""
+    cfg = small_config(tmp_path, optim={"epochs": 2})
+    save_config(cfg, tmp_path / "base.yaml")
+    args = ["--config", str(tmp_path / "base.yaml"), "--grid", "optim.lr=100,0.01", "--out", str(tmp_path / "sw")]
+    assert sweep.main(args) == 0
+    out = capsys.readouterr()
+    failed = [d for d in (tmp_path / "sw").iterdir() if (d / "failed").is_file()]
+    done = [d for d in (tmp_path / "sw").iterdir() if (d / "done").is_file()]
+    assert len(failed) == 1 and len(done) == 1
+    assert (failed[0] / "failed").read_text().startswith("Diverged: training diverged")
+    assert "failed: Diverged: training diverged" in out.err
+    row = next(x for x in out.out.splitlines() if x.startswith("| optim.lr=100 "))
+    assert [c.strip() for c in row.strip("|").split("|")][1:3] == ["1", "1"]
+    assert sweep.main(args) == 0
+    assert "0 point(s) run, 2 skipped" in capsys.readouterr().err

@@ -67,7 +67,7 @@ class ScenarioData:
         # same rule as YAML groups, since each becomes a metric key or a file name
         for g in self.groups:
             check_name(g.name, f"group {g.name!r}")
-            check_name(g.space, f"group {g.name!r}'s input space")
+            check_name(g.space, f"group {g.name!r}'s input space", space=True)
         for k in self.class_sets:
             check_name(k, f"class set {k!r}")
 

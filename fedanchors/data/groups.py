@@ -57,7 +57,7 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
             raise ConfigError(f"{key}: every group needs a name and a source, e.g. {{name: mnist28, source: mnist}}")
         check_name(g.name, f"{key}.name")
         if g.space:
-            check_name(g.space, f"{key}.space")
+            check_name(g.space, f"{key}.space", space=True)
         if g.name in names:
             raise ConfigError(f"{key}.name: group {g.name!r} is declared twice; group names must be unique")
         names.add(g.name)
