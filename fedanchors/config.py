@@ -107,8 +107,6 @@ _CHOICES = {
     "mode": ("centralized", "federated"),
     "method.update": ("exp", "softmax", "exp_smooth"),
     "method.objective": ("weighted", "max", "logsumexp"),
-    "optim.name": ("adam", "sgd"),
-    "loss.name": ("ce", "logit_adjust", "balanced_softmax", "mse"),
     "model.init": ("default", "ntp", "mup"),
     "dfr.val": ("original", "split_from_train"),
     "federated.class_stats": ("running", "exact"),

@@ -159,7 +159,7 @@ def check_run_name(name: str) -> None:
 
 def _check_registered(cfg: Config) -> None:
     """Names that point into registries must exist (imported late: registries fill on import)."""
-    from fedanchors import aggregate, losses, methods, models, population, server_opt
+    from fedanchors import aggregate, losses, methods, models, population, server_opt, train
     from fedanchors.data import check_data_config, resolve_groups
 
     check_data_config(cfg.data)
@@ -169,6 +169,8 @@ def _check_registered(cfg: Config) -> None:
     methods.METHODS.get(cfg.method.name, "method.name")
     server_opt.SERVER_OPTIMIZERS.get(cfg.federated.server_opt, "federated.server_opt")
     aggregate.AGGREGATIONS.get(cfg.federated.aggregation, "federated.aggregation")
+    train.OPTIMIZERS.get(cfg.optim.name, "optim.name")
+    losses.CLASS_LOSSES.get(cfg.loss.name, "loss.name")
     population.PARTITIONERS.get(cfg.federated.partition, "federated.partition")
     losses.SEPARATIONS.get(cfg.anchors.sep, "anchors.sep")
     models.HEADS.get(cfg.model.head, "model.head")

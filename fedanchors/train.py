@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from fedanchors.data.base import Split
 from fedanchors.errors import ConfigError
 from fedanchors.losses import SEPARATIONS, class_loss
 from fedanchors.moments import batch_class_moments, class_sufficient_stats
+from fedanchors.registry import Registry
 from fedanchors.wasserstein import structured_w2
 
 
@@ -57,12 +58,25 @@ def separation_loss(
     return SEPARATIONS.get(cfg.sep, "anchors.sep")(anchors, head, cfg.samples, cfg.margin, generator)
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam (L2 weight decay) or SGD with momentum, from the config."""
-    params = list(params)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+# optim.name -> the local optimizer, built from the parameters and the optim section
+OPTIMIZERS: Registry[Callable[[list, OptimConfig], torch.optim.Optimizer]] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: list, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay (``optim.weight_decay``)."""
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: list, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with ``optim.momentum`` and L2 weight decay."""
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The ``optim.name`` optimizer over ``params``."""
+    return OPTIMIZERS.get(cfg.name, "optim.name")(list(params), cfg)
 
 
 def clip_and_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_clip: float) -> None:

@@ -69,8 +69,8 @@ def _flwr_run_app() -> ServerApp:
 
 
 def _flwr_run(grid: Grid, context: Context) -> None:
+    from fedanchors.preflight import check_against_data
     from fedanchors.runs import build_data
-    from fedanchors.simulate import check_against_data
 
     cfg = from_run_config(context.run_config)
     data = build_data(cfg.data)

@@ -266,7 +266,7 @@ def _gate_yaml(tmp_path, shared_data, mode: str, epochs: int) -> str:
 
 
 def test_gate_over_real_expert_runs(tmp_path, shared_data):
-    from fedanchors.gating.run import run_gate
+    from fedanchors.cli.gating import run_gate
 
     cfg = load_gating_config(_gate_yaml(tmp_path, shared_data, "centralized", 4))
     out = run_gate(cfg)  # trains the two experts first
@@ -302,7 +302,7 @@ def test_gate_over_real_expert_runs(tmp_path, shared_data):
 def test_federated_gate_on_ray(tmp_path, shared_data):
     """The federated gate (Flower on Ray, one client per group) over the same expert runs: the
     experts' and the oracle's metrics are the centralized ones (summed client counts)."""
-    from fedanchors.gating.run import run_gate
+    from fedanchors.cli.gating import run_gate
 
     central = run_gate(load_gating_config(_gate_yaml(tmp_path, shared_data, "centralized", 2)))
     fed = run_gate(load_gating_config(_gate_yaml(tmp_path, shared_data, "federated", 3)))

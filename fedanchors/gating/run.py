@@ -15,38 +15,13 @@ from pathlib import Path
 
 import torch
 
-from fedanchors.config import to_dict
-from fedanchors.configure import load_config
-from fedanchors.errors import ConfigError, RunFailed
-from fedanchors.evaluate import FILES
+from fedanchors.errors import RunFailed
 from fedanchors.gating import core
 from fedanchors.gating.config import GatingConfig
-from fedanchors.gating.experts import GateSplit, expert_config, stack_experts
+from fedanchors.gating.experts import GateSplit
 from fedanchors.gating.losses import group_priors
 from fedanchors.models import stable_seed
-from fedanchors.rundir import _jsonable, fresh_dir, resolve_device
-
-
-def ensure_experts(cfg: GatingConfig) -> list[Path]:
-    """Each expert's run directory; one with a ``config`` and no run yet is trained there first."""
-    from fedanchors.simulate import run_at
-
-    runs = []
-    for e in cfg.experts:
-        run = Path(e.run)
-        if not (run / "config.yaml").is_file():
-            if not e.config:
-                raise ConfigError(
-                    f"expert {e.name}: {run} is not a run directory; train it or give the expert a config"
-                )
-            ecfg = load_config(e.config, list(e.set))
-            print(f"training expert {e.name} into {run}")
-            run_at(ecfg, run)
-        best = run / "checkpoints" / FILES[expert_config(run).mode].format("best")
-        if not best.is_file():
-            raise ConfigError(f"expert {e.name}: {run} has no best checkpoint (unfinished?); resume or retrain it")
-        runs.append(run)
-    return runs
+from fedanchors.rundir import _jsonable
 
 
 class CentralGate:
@@ -112,34 +87,6 @@ def gate_loop(trainer, cfg: GatingConfig, head: torch.Tensor, names: list[str], 
     summary = {"best_epoch": best + 1, "temperature": best_t, "val_balanced_acc": history[best]["val_balanced_acc"]}
     summary |= {f"test_{k}": v for k, v in test.items()}
     return summary | {f"test_average_{k}": mean[k] for k in ("acc", "head_acc", "tail_acc", "balanced_acc")}
-
-
-def run_gate(cfg: GatingConfig) -> dict:
-    """Train and select the gate; writes config.yaml, metrics.jsonl, history.json, best_gate.pt,
-    summary.json and history.png under ``out_dir/name``; returns the summary."""
-    import yaml
-
-    runs = ensure_experts(cfg)
-    device = resolve_device(cfg.device)
-    names = [e.name for e in cfg.experts]
-    splits, meta = stack_experts(runs, device)
-    C = splits["gating"].logits.shape[-1]
-    head = core.head_classes(C, meta["class_sets"], cfg)
-    out = fresh_dir(cfg.out_dir, cfg.name or "gating")
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    if cfg.mode == "federated":
-        import importlib
-
-        fed = importlib.import_module("server.gating")  # the Flower layer (the library never imports flwr)
-        trainer = fed.FederatedGate(cfg, runs, meta["groups"], head, C)
-        summary = fed.run_federated_gate(trainer, lambda: gate_loop(trainer, cfg, head, names, out))
-    else:
-        summary = gate_loop(CentralGate(cfg, splits, head), cfg, head, names, out)
-    summary |= {"mode": cfg.mode, "experts": names, "head_classes": head.nonzero().flatten().tolist(),
-                "gating_examples": len(splits["gating"]), "run_dir": str(out)}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
-    plot_history(out)
-    return summary
 
 
 def plot_history(out: Path) -> Path | None:
