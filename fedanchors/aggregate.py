@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -123,6 +124,44 @@ def space_weights(spaces: list[str], weights: torch.Tensor) -> list[float]:
     for s, w in zip(spaces, weights.tolist()):
         total[s] = total.get(s, 0.0) + w
     return [total[s] for s in spaces]
+
+
+def combine_parts(
+    current: dict[str, State],
+    clients: list[dict[str, State]],
+    weights: list[float],
+    rule: Callable[..., State],
+    opts: AggregationOptions,
+    max_norm: float = 0.0,
+) -> tuple[dict[str, State], list[float]]:
+    """The server's combination of the shared parts (``"head"``, ``"encoder.<space>"``).
+
+    ``current``: the global value of each part; ``clients[i]``: the parts client i sent (the
+    head, its space's encoder when shared), with the method's weight ``weights[i]``. Each
+    client's whole update (all its parts, one L2 norm) is first bounded by ``max_norm`` (0:
+    none), then every part is combined by ``rule`` over the clients of positive weight that
+    hold it; a part whose holders all weigh 0 gets no gradient and is left out (unchanged).
+    Returns the combined parts and each client's update norm before the bound.
+    """
+    held: dict[str, list[tuple[float, State]]] = {}  # part -> (weight, state) of each holder
+    norms = []
+    for w, mine in zip(weights, clients):
+        if not mine:
+            continue
+        flat = {f"{n}|{k}": v for n, sd in mine.items() for k, v in sd.items()}
+        ref = {f"{n}|{k}": v for n in mine for k, v in current[n].items()}
+        flat, norm = clip_update(flat, ref, max_norm or math.inf)
+        norms.append(norm)
+        if w <= 0:  # weight 0: the method leaves this client's group out of the objective
+            continue
+        parts: dict[str, State] = {}
+        for key, v in flat.items():
+            n, k = key.split("|", 1)
+            parts.setdefault(n, {})[k] = v
+        for n, sd in parts.items():
+            held.setdefault(n, []).append((w, sd))
+    combined = {n: rule([sd for _, sd in hs], [w for w, _ in hs], opts) for n, hs in held.items()}
+    return combined, norms
 
 
 def _class_weights(counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,19 @@ MAX_RUN_NAME = 128  # a run directory's name (filesystems allow 255 bytes; "-2" 
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks a type annotation cannot express."""
+    """Cross-field checks a type annotation cannot express; the first failure is one line."""
+    _check_numbers(cfg)
+    _check_ranges(cfg)
+    _check_federated(cfg)
+    if cfg.dfr.enabled:
+        _check_dfr(cfg)
+    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
+    _check_registered(cfg)
+
+
+def _check_numbers(cfg: Config) -> None:
+    """Keys that must be > 0, >= 0, and finite."""
     positive = {
         "optim.lr": cfg.optim.lr,
         "optim.batch_size": cfg.optim.batch_size,
@@ -62,6 +74,10 @@ def validate(cfg: Config) -> None:
     for key, v in {**positive, **nonneg}.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{key} must be a finite number, got {v}")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Bounded values: fractions, probabilities, betas, the analyses' counts, names."""
     a = cfg.analysis
     if a.projections < 1 or a.jacobian_examples < 1 or not a.probe_C > 0:
         raise ConfigError("analysis.projections and analysis.jacobian_examples must be >= 1, analysis.probe_C > 0")
@@ -88,6 +104,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be in (0, 1), got {v}")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+
+
+def _check_federated(cfg: Config) -> None:
+    """Combinations of federated options that cannot work together."""
     if cfg.mode == "federated" and cfg.federated.head_sharing == "local":
         if cfg.dfr.enabled:
             raise ConfigError("dfr replaces the one global head; with federated.head_sharing: local there is none")
@@ -105,29 +125,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "anchors.fit: prototype fits class means only; set anchors.covariance: none (the prototypes are means)"
         )
-    if cfg.dfr.enabled:
-        import re
 
-        if not re.fullmatch(r"last_hidden|layer_[1-9][0-9]*", cfg.dfr.layer):
-            raise ConfigError(f"dfr.layer: {cfg.dfr.layer!r} is not last_hidden or layer_<k> (k >= 1)")
-        if cfg.mode == "federated" and (cfg.dfr.layer != "last_hidden" or cfg.dfr.val != "original"):
-            raise ConfigError(
-                "federated DFR fits on draws from the clients' class Gaussians of the latent code: it takes "
-                "dfr.layer: last_hidden and dfr.val: original"
-            )
-        if cfg.dfr.val == "split_from_train" and not 0 < cfg.dfr.val_ratio < 1:
-            raise ConfigError(f"dfr.val_ratio must be in (0, 1), got {cfg.dfr.val_ratio}")
-        if cfg.dfr.val == "split_from_train" and cfg.data.gating_fraction > 0:
-            raise ConfigError(
-                "dfr.val: split_from_train and data.gating_fraction both hold training data out; pick one"
-            )
-        if not cfg.dfr.Cs or min(cfg.dfr.Cs) <= 0 or cfg.dfr.subsets < 1 or cfg.dfr.samples_per_group < 2:
-            raise ConfigError("dfr: Cs must be non-empty and > 0, subsets >= 1, samples_per_group >= 2")
-        if cfg.mode == "federated" and cfg.model.head != "linear":
-            raise ConfigError("dfr in federated mode replaces a linear head; set model.head: linear")
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu or cuda[:N]")
-    _check_registered(cfg)
+
+def _check_dfr(cfg: Config) -> None:
+    """DFR's layer, validation split and grid."""
+    import re
+
+    if not re.fullmatch(r"last_hidden|layer_[1-9][0-9]*", cfg.dfr.layer):
+        raise ConfigError(f"dfr.layer: {cfg.dfr.layer!r} is not last_hidden or layer_<k> (k >= 1)")
+    if cfg.mode == "federated" and (cfg.dfr.layer != "last_hidden" or cfg.dfr.val != "original"):
+        raise ConfigError(
+            "federated DFR fits on draws from the clients' class Gaussians of the latent code: it takes "
+            "dfr.layer: last_hidden and dfr.val: original"
+        )
+    if cfg.dfr.val == "split_from_train" and not 0 < cfg.dfr.val_ratio < 1:
+        raise ConfigError(f"dfr.val_ratio must be in (0, 1), got {cfg.dfr.val_ratio}")
+    if cfg.dfr.val == "split_from_train" and cfg.data.gating_fraction > 0:
+        raise ConfigError("dfr.val: split_from_train and data.gating_fraction both hold training data out; pick one")
+    if not cfg.dfr.Cs or min(cfg.dfr.Cs) <= 0 or cfg.dfr.subsets < 1 or cfg.dfr.samples_per_group < 2:
+        raise ConfigError("dfr: Cs must be non-empty and > 0, subsets >= 1, samples_per_group >= 2")
+    if cfg.mode == "federated" and cfg.model.head != "linear":
+        raise ConfigError("dfr in federated mode replaces a linear head; set model.head: linear")
 
 
 FAULT_KINDS = ("nan", "scale", "raise")

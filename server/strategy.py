@@ -9,7 +9,7 @@ through ``server.driver``; nothing here loops, checkpoints or decides when to st
 from __future__ import annotations
 
 import logging
-import math
+import statistics
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
 from fedanchors import dynamics
-from fedanchors.aggregate import AGGREGATIONS, AggregationOptions, clip_update, fit_anchors, space_weights
+from fedanchors.aggregate import AGGREGATIONS, AggregationOptions, combine_parts, fit_anchors, space_weights
 from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.health import check_finite, module_tensors
@@ -245,22 +245,10 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
                 "(details: client_errors.log)"
             )
         pids = [p for p, _ in ok]
-        G = len(self.names)
         check = self._checker(f"round {rnd}")
-        client_loss = {p: float(r.content["metrics"]["loss"]) for p, r in ok}  # vetted: finite, >= 0
         answered = sorted({self.cgroup[p] for p in pids})
         self.round_ok = set(answered)
-        # a group's loss: the example-weighted mean of its answering clients' losses
-        losses = torch.full((G,), float("nan"), dtype=torch.float64)
-        fits = torch.full((G,), float("nan"), dtype=torch.float64)
-        client_fit = {p: float(r.content["metrics"]["fit"]) for p, r in ok}
-        for g in answered:
-            mine = self.members(g, set(pids))
-            n = [float(self.info[p]["n"]) for p in mine]
-            losses[g] = (
-                sum(k * client_loss[p] for k, p in zip(n, mine)) / sum(n) if len(mine) > 1 else client_loss[mine[0]]
-            )
-            fits[g] = sum(k * client_fit[p] for k, p in zip(n, mine)) / sum(n) if len(mine) > 1 else client_fit[mine[0]]
+        losses, fits = self._group_losses(ok, answered)
         gw = self.group_weights[answered].double()
         if float(gw.sum()) <= 0:
             raise RunFailed(
@@ -286,7 +274,7 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
         rec = {"loss": float((wt * losses[answered]).sum()), "fit": float((wt * fits[answered]).sum())}
         if norms:  # the clients' update norms before any bound: what federated.max_update_norm is set against
-            rec |= {"update_norm_median": float(torch.tensor(norms).median()), "update_norm_max": max(norms)}
+            rec |= {"update_norm_median": statistics.median(norms), "update_norm_max": max(norms)}
         gl = [float(self.group_weights[g]) for g in answered]
         if stacked is not None:
             rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
@@ -301,6 +289,21 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         self.last_losses = carried
         return rec
 
+    def _group_losses(self, ok: list[tuple[int, Message]], answered: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each group's loss and fit (G,): the example-weighted mean of its answering clients'
+        (vetted: finite, >= 0); NaN for a group without a reply."""
+        G, pids = len(self.names), {p for p, _ in ok}
+        losses = torch.full((G,), float("nan"), dtype=torch.float64)
+        fits = torch.full((G,), float("nan"), dtype=torch.float64)
+        metric = {p: r.content["metrics"] for p, r in ok}
+        for g in answered:
+            mine = self.members(g, pids)
+            n = [float(self.info[p]["n"]) for p in mine]
+            for out, key in ((losses, "loss"), (fits, "fit")):
+                v = [float(metric[p][key]) for p in mine]
+                out[g] = sum(k * x for k, x in zip(n, v)) / sum(n) if len(mine) > 1 else v[0]
+        return losses, fits
+
     def _group_stats(self, ok: list[tuple[int, Message]], answered: list[int]) -> dict[str, torch.Tensor]:
         """Each answering group's class moments pooled over its clients', stacked in group order."""
         per_client = {p: unpack_arrays(r.content["stats"]) for p, r in ok}
@@ -312,40 +315,27 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
 
     def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> list[float]:
-        """Head and shared encoders: the clients' models, each update bounded in norm
-        (``federated.max_update_norm``), combined by ``federated.aggregation`` (FedAvg's
-        weighted mean by default), then the server optimizer's step (``sgd`` at lr 1: the
-        combination itself). Returns each client's update norm (before the bound)."""
+        """Head and shared encoders from the replies (``fedanchors.aggregate.combine_parts``:
+        the norm bound, the aggregation rule), then the server optimizer's step (``sgd`` at lr 1:
+        the combination itself). Returns each client's update norm (before the bound)."""
         f = self.cfg.federated
-        current = {}
-        if f.head_sharing == "global":  # local heads never leave their clients
-            current["head"] = self.head.state_dict()
+        current = {"head": self.head.state_dict()} if f.head_sharing == "global" else {}  # local heads stay home
         current.update({f"encoder.{space}": enc.state_dict() for space, enc in self.encoders.items()})
-        parts: dict[str, list[tuple[float, dict]]] = {}
-        norms = []
-        for wi, (p, r) in zip(w, ok):
+        clients = []
+        for p, r in ok:
             mine = {"head": unpack(r.content["global"], HEAD)} if "head" in current else {}
-            space = self.info[p]["space"]
-            if space in self.encoders:
-                mine[f"encoder.{space}"] = unpack(r.content["global"], ENCODER)
-            if mine:  # one bound on the client's whole update (inf: none)
-                flat, norm = clip_update(
-                    _flat(mine), _flat({k: current[k] for k in mine}), f.max_update_norm or math.inf
-                )
-                mine, norms = _unflat(flat), [*norms, norm]
-            for name, sd in mine.items():
-                if wi > 0:  # weight 0: the method leaves this client's group out of the objective
-                    parts.setdefault(name, []).append((wi, sd))
-        if not parts:  # a part whose holders all weigh 0 gets no gradient: it stays as it is
-            return norms
-        rule = AGGREGATIONS.get(f.aggregation)
+            if self.info[p]["space"] in self.encoders:
+                mine[f"encoder.{self.info[p]['space']}"] = unpack(r.content["global"], ENCODER)
+            clients.append(mine)
         opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
+        combined, norms = combine_parts(current, clients, w, AGGREGATIONS.get(f.aggregation), opts, f.max_update_norm)
+        if not combined:
+            return norms
         new = self.server_opt.step(
-            {f"{name}.{k}": v for name in parts for k, v in current[name].items()},
-            {f"{name}.{k}": v for name, held in parts.items()
-             for k, v in rule([sd for _, sd in held], [wi for wi, _ in held], opts).items()},
-        )  # fmt: skip
-        if "head" in parts:
+            {f"{n}.{k}": v for n in combined for k, v in current[n].items()},
+            {f"{n}.{k}": v for n, sd in combined.items() for k, v in sd.items()},
+        )
+        if "head" in combined:
             self.head.load_state_dict({k[5:]: v for k, v in new.items() if k.startswith("head.")})
         for space, enc in self.encoders.items():
             pre = f"encoder.{space}."
@@ -406,15 +396,3 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
 
     def _checker(self, where: str):
         return lambda values: check_finite(values, where, self.cfg.optim.lr, "checkpoints/server_resume.pt")
-
-
-def _flat(parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {f"{name}|{k}": v for name, sd in parts.items() for k, v in sd.items()}
-
-
-def _unflat(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, v in flat.items():
-        name, k = key.split("|", 1)
-        out.setdefault(name, {})[k] = v
-    return out

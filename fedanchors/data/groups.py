@@ -63,30 +63,7 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
         names.add(g.name)
         src = SOURCES.get(g.source, f"{key}.source")
         opts = source_options(src, g, key)
-        n_classes = src.classes(opts)
-        if g.fraction != -1 and not 0 < g.fraction <= 1:
-            raise ConfigError(f"{key}.fraction must be in (0, 1] (an empty group has no examples), got {g.fraction}")
-        if g.count < 0 or g.clients < 0:
-            raise ConfigError(f"{key}: count and clients must be >= 0")
-        bad = [c for c in g.classes if not 0 <= c < n_classes]
-        if bad:
-            raise ConfigError(f"{key}.classes: {bad} outside source {g.source}'s labels 0..{n_classes - 1}")
-        if g.imbalance < 1:
-            raise ConfigError(f"{key}.imbalance must be >= 1 (1: balanced), got {g.imbalance}")
-        for kind in ("speakers", "writers"):
-            if getattr(g, kind) and src.owners != kind:
-                has = f"has {src.owners}" if src.owners else "has neither speakers nor writers"
-                raise ConfigError(f"{key}.{kind}: source {g.source} {has}")
-        unknown = sorted(set(g.where) - set(src.attrs))
-        if unknown:
-            raise ConfigError(f"{key}.where: source {g.source} has no attribute {unknown} (it has: {list(src.attrs)})")
-        if g.partition is not None:  # its kind is checked against the partitioners above data (config_checks)
-            if not g.partition.alpha > 0 or g.partition.labels < 1:
-                raise ConfigError(
-                    f"{key}.partition: alpha must be > 0 and labels >= 1, got {g.partition.alpha}, {g.partition.labels}"
-                )
-        if g.dots is not None and any(not 0 <= c < n_classes for c in g.dots.classes):
-            raise ConfigError(f"{key}.dots.classes: {list(g.dots.classes)} outside labels 0..{n_classes - 1}")
+        _check_selection(g, src, src.classes(opts), key)
         if g.colour is not None and not all(coloured):
             raise ConfigError(f"{key}.colour relabels to 2 classes (y < C/2); give every group a colour or none")
         modality, shape = derive(g, src.modality(opts), src.shape(opts), key)
@@ -106,6 +83,33 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
         if len(given) < len(fr) and sum(given) >= 1 - 1e-9:
             raise ConfigError(f"{where}: the fractions of source {name} leave nothing for its groups without one")
     return out
+
+
+def _check_selection(g: GroupSpec, src: Source, n_classes: int, key: str) -> None:
+    """One group's selection and population entries against its source (labels, owners, attributes)."""
+    if g.fraction != -1 and not 0 < g.fraction <= 1:
+        raise ConfigError(f"{key}.fraction must be in (0, 1] (an empty group has no examples), got {g.fraction}")
+    if g.count < 0 or g.clients < 0:
+        raise ConfigError(f"{key}: count and clients must be >= 0")
+    bad = [c for c in g.classes if not 0 <= c < n_classes]
+    if bad:
+        raise ConfigError(f"{key}.classes: {bad} outside source {g.source}'s labels 0..{n_classes - 1}")
+    if g.imbalance < 1:
+        raise ConfigError(f"{key}.imbalance must be >= 1 (1: balanced), got {g.imbalance}")
+    for kind in ("speakers", "writers"):
+        if getattr(g, kind) and src.owners != kind:
+            has = f"has {src.owners}" if src.owners else "has neither speakers nor writers"
+            raise ConfigError(f"{key}.{kind}: source {g.source} {has}")
+    unknown = sorted(set(g.where) - set(src.attrs))
+    if unknown:
+        raise ConfigError(f"{key}.where: source {g.source} has no attribute {unknown} (it has: {list(src.attrs)})")
+    if g.partition is not None:  # its kind is checked against the partitioners above data (config_checks)
+        if not g.partition.alpha > 0 or g.partition.labels < 1:
+            raise ConfigError(
+                f"{key}.partition: alpha must be > 0 and labels >= 1, got {g.partition.alpha}, {g.partition.labels}"
+            )
+    if g.dots is not None and any(not 0 <= c < n_classes for c in g.dots.classes):
+        raise ConfigError(f"{key}.dots.classes: {list(g.dots.classes)} outside labels 0..{n_classes - 1}")
 
 
 def _shares(n: int, fractions: list[float], seed: int) -> list[torch.Tensor]:
