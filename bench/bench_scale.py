@@ -44,6 +44,28 @@ def tree_rss(root: int) -> int:
     return total
 
 
+def timed_trainer(base: type, marks: dict[str, float], stamps: list[float]) -> type:
+    """``base`` (the federated trainer) recording when setup ends, each round's end and the
+    time spent evaluating."""
+
+    class Timed(base):
+        def setup(self) -> None:
+            super().setup()
+            marks["setup_done"] = time.perf_counter()
+
+        def end(self, t: int):
+            stamps.append(time.perf_counter())
+            return super().end(t)
+
+        def evaluate(self, splits):
+            t0 = time.perf_counter()
+            out = super().evaluate(splits)
+            marks["eval_s"] = marks.get("eval_s", 0.0) + time.perf_counter() - t0
+            return out
+
+    return Timed
+
+
 def child(size: int, rounds: int) -> None:
     from server.simulation import _quiet
 
@@ -77,22 +99,7 @@ def child(size: int, rounds: int) -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     app = ServerApp()
-
-    class Timed(FederatedTrainer):
-        def setup(self) -> None:
-            super().setup()
-            marks["setup_done"] = time.perf_counter()
-
-        def end(self, t: int):
-            stamps.append(time.perf_counter())
-            return super().end(t)
-
-        def evaluate(self, splits):
-            t0 = time.perf_counter()
-            out = super().evaluate(splits)
-            marks.setdefault("eval_s", 0.0)
-            marks["eval_s"] += time.perf_counter() - t0
-            return out
+    Timed = timed_trainer(FederatedTrainer, marks, stamps)
 
     @app.main()
     def main(grid, context):
@@ -108,17 +115,8 @@ def child(size: int, rounds: int) -> None:
         run_simulation(app, make_client_app(cfg), num_supernodes=n, backend_name="ray", backend_config=backend)
     done.set()
     rounds_s = [b - a for a, b in zip(stamps[:-1], stamps[1:])][:-1]  # rounds 2..R-1
-    print(
-        json.dumps(
-            {
-                "clients": n,
-                "setup_s": marks["setup_done"] - marks["start"],
-                "round_s": statistics.median(rounds_s),
-                "eval_s": marks.get("eval_s", 0.0),
-                "peak_mb": peak[0] / 2**20,
-            }
-        )
-    )
+    out = {"clients": n, "setup_s": marks["setup_done"] - marks["start"], "round_s": statistics.median(rounds_s)}
+    print(json.dumps(out | {"eval_s": marks.get("eval_s", 0.0), "peak_mb": peak[0] / 2**20}))
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from fedanchors.moments import stats_to_moments
 from fedanchors.population import Client, build_population, client_data
 from fedanchors.rundir import resolve_device, seed_everything
 from fedanchors.runs import build_data
-from fedanchors.train import adapt_encoder, local_train, make_optimizer, steps_per_epoch
+from fedanchors.train import LocalWork, adapt_encoder, local_train, make_optimizer, steps_per_epoch
 
 _DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
 _SLICES: dict[int, GroupData] = {}  # the clients' slices of that scenario, cut once per actor
@@ -256,6 +256,17 @@ def _jacobians(cfg: Config, model: ClientModel, group: GroupData, pid: int, rnd:
     return out
 
 
+def _local_steps(cfg: Config, data: ScenarioData, group: GroupData) -> int:
+    """A round's local steps: ``local_steps``, else ``local_epochs`` passes over the client's data
+    (with fixed-ratio batches, ``optim.group_batch``, every client takes the same number)."""
+    f = cfg.federated
+    if f.local_steps:
+        return f.local_steps
+    if cfg.optim.group_batch:
+        return f.local_epochs * steps_per_epoch([len(g.train) for g in data.groups], data.names, cfg.optim)
+    return f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
+
+
 def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> Message:
     """Local training on CE + lambda_fit * W2 fit; reply head, class statistics, loss."""
     pid, rnd, data, store = _setup(msg, context, cfg, state_dir)
@@ -268,37 +279,20 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     start = {"head": _copy(model.head), "encoder": _copy(model.encoder)} if bad else {}
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
     f = cfg.federated
-    if f.local_steps:
-        steps = f.local_steps
-    elif cfg.optim.group_batch:  # fixed-ratio batches: every client takes the same number of steps
-        steps = f.local_epochs * steps_per_epoch([len(g.train) for g in data.groups], data.names, cfg.optim)
-    else:
-        steps = f.local_epochs * math.ceil(len(group.train) / cfg.optim.batch_size)
+    steps = _local_steps(cfg, data, group)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
     jac = _jacobians(cfg, model, group, pid, rnd) if (not stock and conf.get("analysis_jacobian")) else {}
     prox = []  # FedProx: the parts the server aggregates, anchored at this round's global values
     if f.prox_mu > 0:
         shared = list(model.head.parameters()) + (list(model.encoder.parameters()) if conf["encoder_shared"] else [])
         prox = [(p, p.detach().clone()) for p in shared]
-    res = local_train(
-        model.encoder,
-        model.head,
-        model.anchors,
-        group.train,
-        model.opt,
-        cfg.optim,
-        cfg.anchors,
-        steps,
-        float(conf["encoder_scale"]),
-        gen,
-        model.device,
+    work = LocalWork(
+        steps, cfg.optim, cfg.anchors, float(conf["encoder_scale"]),
         num_classes=data.num_classes if (not stock and f.class_stats == "running" and anchors_used(cfg)) else 0,
-        batch_size=cfg.optim.group_batch.get(group.name, 0),
-        prox_mu=f.prox_mu,
-        prox_ref=prox,
-        loss_cfg=cfg.loss,
-        logp=_log_prior(conf),
-    )
+        batch_size=cfg.optim.group_batch.get(group.name, 0), prox_mu=f.prox_mu, prox_ref=tuple(prox),
+        loss=cfg.loss, logp=_log_prior(conf),
+    )  # fmt: skip
+    res = local_train(model.encoder, model.head, model.anchors, group.train, model.opt, work, gen, model.device)
     keep_from, keep = (
         (int(conf.get("state_round", 0) or 0), int(conf.get("keep_round", 0) or 0)) if not stock else (0, 0)
     )

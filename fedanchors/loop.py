@@ -14,6 +14,7 @@ import contextlib
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from tqdm import tqdm
@@ -69,6 +70,20 @@ def evaluated(t: int, total: int, every: int) -> bool:
     return t % every == 0 or t == total
 
 
+@dataclass
+class Progress:
+    """Where a run stands: the best validation acc_wg so far, its step and test metrics,
+    where the loop starts, the time spent before a resume, and early stopping."""
+
+    best: float = -1.0
+    best_t: int = 0
+    best_test: dict | None = None
+    start: int = 1
+    elapsed: float = 0.0
+    stopped: bool = False
+    best_memory: dict | None = None  # the best model when there is no run directory
+
+
 def run_loop(
     tr: Trainer,
     cfg,
@@ -87,85 +102,91 @@ def run_loop(
     t0, unit = time.time(), tr.unit
     tr.setup()
     analysis = AnalysisLog(run.path if run is not None else None)
-    best, best_t, best_test, start, elapsed, stopped = -1.0, 0, None, 1, 0.0, False
-    best_memory = None  # the best model when there is no run directory
-    if resume:
-        path = run.checkpoint(tr.files["resume"])
-        state = load(path, required=(unit, *LOOP_KEYS), what=f"{tr.mode} resume checkpoint")
-        tr.load_resume_state(state, path)
-        best, best_t, best_test = state["best"], state["best_t"], state.get("best_test")
-        elapsed, stopped, start = state["elapsed"], state["stopped"], state[unit] + 1
-        truncate_metrics(run.path, unit, state[unit])
-        analysis.truncate(unit, state[unit], state.get("analysis_lines"))
-    bar = tqdm(
-        total=tr.total,
-        initial=start - 1,
-        desc=f"{cfg.name} {tr.mode}",
-        unit=unit,
-        disable=None if cfg.progress else True,
-    )
-    t = start - 1
-    patience = cfg.optim.patience
+    p = _resume(tr, run, analysis) if resume else Progress()
+    bar = tqdm(total=tr.total, initial=p.start - 1, desc=f"{cfg.name} {tr.mode}", unit=unit,
+               disable=None if cfg.progress else True)  # fmt: skip
+    t = p.start - 1
     splits = ("val", "test") if test_with_val else ("val",)
     with contextlib.nullcontext(stop) if stop is not None else StopFlag() as flag:
-        for t in range(start, tr.total + 1):
-            if stopped:
+        for t in range(p.start, tr.total + 1):
+            if p.stopped:
                 t -= 1
                 break
             record = {unit: t, **tr.train(t)}
-            if getattr(tr, "analysis_out", None):  # system 3's analyses (fedanchors.dynamics)
+            if getattr(tr, "analysis_out", None):  # the gap analyses' records (fedanchors.dynamics)
                 analysis.write(tr.analysis_out)
                 tr.analysis_out.clear()
             if evaluated(t, tr.total, tr.eval_every):
-                out = tr.evaluate(splits)
-                record.update({**out["val"], **tr.extras()})
-                acc = out["val"]["acc_wg"]
-                if acc > best:  # NaN (a group not evaluated) is never the best
-                    best, best_t, best_test = acc, t, out.get("test")
-                    tr.on_best(t)
-                    if run is not None:
-                        save_atomic(tr.model_state(), run.checkpoint(tr.files["best"]))
-                    else:
-                        best_memory = copy.deepcopy(tr.model_state())
-                bar.set_postfix(val_acc_wg=f"{acc:.3f}")
-                stopped = bool(patience and t - best_t >= patience)  # early stopping on val acc_wg
-                if run is not None:
-                    run.log(record)
+                _evaluate(tr, t, p, run, splits, cfg.optim.patience, record)
+                bar.set_postfix(val_acc_wg=f"{record['acc_wg']:.3f}")
             bar.update(1)
             error = tr.end(t)
             if run is not None:
-                state = {unit: t, "best": best, "best_t": best_t, "best_test": best_test, "stopped": stopped}
-                state["analysis_lines"] = analysis.count
-                state["elapsed"] = elapsed + time.time() - t0
+                state = {unit: t, "best": p.best, "best_t": p.best_t, "best_test": p.best_test, "stopped": p.stopped}
+                state |= {"analysis_lines": analysis.count, "elapsed": p.elapsed + time.time() - t0}
                 save_atomic({**state, **tr.resume_state()}, run.checkpoint(tr.files["resume"]))
             if error is not None:
                 raise error
-            if flag.requested and t < tr.total and not stopped:
-                where = run.path if run is not None else "<run dir>"
+            if flag.requested and t < tr.total and not p.stopped:
                 raise Interrupted(
                     f"{flag.signame} received: stopped after {unit} {t}, checkpoint written; continue with "
-                    f"python -m fedanchors.simulate --resume {where}",
+                    f"python -m fedanchors.simulate --resume {run.path if run is not None else '<run dir>'}",
                     flag.signum,
                 )
     bar.close()
-    if best_t == 0 or math.isnan(best):
+    return _summary(tr, p, t, run, t0)
+
+
+def _resume(tr: Trainer, run: RunDir, analysis: AnalysisLog) -> Progress:
+    """The progress, trainer state and logs of the checkpoint a run resumes from."""
+    unit = tr.unit
+    path = run.checkpoint(tr.files["resume"])
+    state = load(path, required=(unit, *LOOP_KEYS), what=f"{tr.mode} resume checkpoint")
+    tr.load_resume_state(state, path)
+    truncate_metrics(run.path, unit, state[unit])
+    analysis.truncate(unit, state[unit], state.get("analysis_lines"))
+    return Progress(state["best"], state["best_t"], state.get("best_test"), state[unit] + 1, state["elapsed"],
+                    state["stopped"])  # fmt: skip
+
+
+def _evaluate(tr: Trainer, t: int, p: Progress, run: RunDir | None, splits, patience: int, record: dict) -> None:
+    """Step ``t``'s evaluation into ``record``; a new best is saved; early stopping on patience."""
+    out = tr.evaluate(splits)
+    record.update({**out["val"], **tr.extras()})
+    acc = out["val"]["acc_wg"]
+    if acc > p.best:  # NaN (a group not evaluated) is never the best
+        p.best, p.best_t, p.best_test = acc, t, out.get("test")
+        tr.on_best(t)
+        if run is not None:
+            save_atomic(tr.model_state(), run.checkpoint(tr.files["best"]))
+        else:
+            p.best_memory = copy.deepcopy(tr.model_state())
+    p.stopped = bool(patience and t - p.best_t >= patience)  # early stopping on val acc_wg
+    if run is not None:
+        run.log(record)
+
+
+def _summary(tr: Trainer, p: Progress, t: int, run: RunDir | None, t0: float) -> dict:
+    """The summary (written to summary.json): test metrics of the best step, with its model loaded."""
+    if p.best_t == 0 or math.isnan(p.best):
         raise RunFailed(
-            f"no evaluated {unit} had results from every group, so there is no worst-group accuracy to report; "
+            f"no evaluated {tr.unit} had results from every group, so there is no worst-group accuracy to report; "
             "see client_errors.log"
         )
+    best_memory = p.best_memory
     if run is not None:
         save_atomic(tr.model_state(), run.checkpoint(tr.files["last"]))
         best_memory = load(run.checkpoint(tr.files["best"]), what="best checkpoint")
     tr.load_model_state(best_memory)
-    test = best_test if best_test is not None else tr.evaluate(("test",))["test"]
+    test = p.best_test if p.best_test is not None else tr.evaluate(("test",))["test"]
     summary = {
         "mode": tr.mode,
-        f"best_{unit}": best_t,
-        f"{unit}s_run": t,
-        "best_val_acc_wg": best,
+        f"best_{tr.unit}": p.best_t,
+        f"{tr.unit}s_run": t,
+        "best_val_acc_wg": p.best,
         **{f"test_{k}": v for k, v in test.items()},
         **tr.final(),
-        "wall_time_s": elapsed + time.time() - t0,
+        "wall_time_s": p.elapsed + time.time() - t0,
         "versions": versions(),
         "metrics_version": METRICS_VERSION,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -137,80 +138,101 @@ def add_prox_grad(pairs: list[tuple[nn.Parameter, torch.Tensor]], mu: float) -> 
             p.grad = g if p.grad is None else p.grad.add_(g)
 
 
+@dataclass(frozen=True)
+class LocalWork:
+    """What a client's round of local training does (``local_train``'s settings).
+
+    ``encoder_scale`` multiplies the encoder's gradient: the total aggregation weight of the
+    clients that hold this encoder (w_g for a private one); with plain SGD the federated step
+    then equals the centralized step on sum_g w_g CE_g, while the head takes the unscaled
+    gradient and the server averages it with weights w. ``num_classes`` > 0 gathers the class
+    sufficient statistics of the last pass ("running" statistics: no extra forward pass).
+    ``batch_size`` > 0 replaces ``optim.batch_size`` (fixed-ratio group batches). ``prox_mu``
+    > 0 adds FedProx's prox_mu/2 ||w - w_ref||^2 over the (parameter, reference) pairs of
+    ``prox_ref``. ``loss`` (a LossConfig) replaces CE by a long-tail loss, with ``logp`` the
+    global log class prior the server sends.
+    """
+
+    steps: int
+    optim: OptimConfig
+    anchors: AnchorConfig
+    encoder_scale: float = 1.0
+    num_classes: int = 0
+    batch_size: int = 0
+    prox_mu: float = 0.0
+    prox_ref: tuple = ()
+    loss: object = None
+    logp: torch.Tensor | None = None
+
+
+_DIVERGED = {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
+
+
 def local_train(
     encoder: nn.Module,
     head: nn.Module,
     anchors: AnchorModule,
     split: Split,
     opt: torch.optim.Optimizer,
-    cfg_optim: OptimConfig,
-    cfg_anchors: AnchorConfig,
-    steps: int,
-    encoder_scale: float,
+    work: LocalWork,
     generator: torch.Generator,
     device: torch.device,
-    num_classes: int = 0,
-    batch_size: int = 0,
-    prox_mu: float = 0.0,
-    prox_ref: list[tuple[nn.Parameter, torch.Tensor]] | None = None,
-    loss_cfg=None,
-    logp: torch.Tensor | None = None,
 ) -> dict:
-    """A client's local work: ``steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
+    """A client's local work: ``work.steps`` steps of CE + lambda_fit * W2 fit (anchors fixed).
 
-    The encoder's gradient is multiplied by ``encoder_scale``, the total aggregation
-    weight of the clients that hold this encoder (w_g for a private one): with plain SGD
-    this makes the federated step equal the centralized step on sum_g w_g CE_g, while
-    the head takes the unscaled gradient and is averaged by the server with weights w.
-    Returns the mean CE and mean fit over the steps, the CE of the first step (at the
-    model the round started from: ``loss_first``), and
-    with ``num_classes`` > 0 the class sufficient statistics of the latent codes of the
-    last pass over the data ("running" statistics: no extra forward pass).
-    ``batch_size`` (when > 0) replaces ``optim.batch_size`` (fixed-ratio group batches).
-    ``prox_mu`` > 0 adds FedProx's term prox_mu/2 ||w - w_ref||^2 for the (parameter,
-    reference) pairs of ``prox_ref`` (the global head and shared encoder of the round).
-    ``loss_cfg`` (a LossConfig) replaces CE by a long-tail loss, with ``logp`` the global log
-    class prior the server sends.
-    """
+    Returns the mean CE and mean fit over the steps, the CE of the first step (at the model
+    the round started from: ``loss_first``) and, with ``work.num_classes``, the class
+    sufficient statistics of the latent codes of the last pass over the data. A non-finite
+    loss ends the work with NaN records (the server rejects the reply, or stops the run when
+    every reply diverged)."""
     params = list(encoder.parameters()) + list(head.parameters())
     order: list[torch.Tensor] = []
     ce_sum = fit_sum = 0.0
     first: float | None = None
     stats = None
-    for _ in range(steps):
+    for _ in range(work.steps):
         if not order:
-            order = batches(len(split), batch_size or cfg_optim.batch_size, generator)
+            order = batches(len(split), work.batch_size or work.optim.batch_size, generator)
             stats = None  # a new pass: keep the statistics of the last one only
         idx = order.pop(0)
         x, y = split.x[idx].to(device), split.y[idx].to(device)
         z = encoder(x)
-        ce = class_loss(head(z), y, loss_cfg, logp) if loss_cfg is not None else F.cross_entropy(head(z), y)
-        if not math.isfinite(float(ce.detach())):  # diverged: report it (the server stops the run)
-            return {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
-        loss = ce
-        if cfg_anchors.lambda_fit > 0:
-            try:
-                fit = group_fit_losses([z], [y], anchors, cfg_anchors.cov_eps, kind=cfg_anchors.fit)[0]
-            except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
-                return {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
-            loss = loss + cfg_anchors.lambda_fit * fit
-            fit_sum += float(fit.detach())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if encoder_scale != 1.0:
-            for p in encoder.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(encoder_scale)
-        if prox_mu > 0 and prox_ref:
-            add_prox_grad(prox_ref, prox_mu)
-        clip_and_step(opt, params, cfg_optim.grad_clip)
-        ce_sum += float(ce.detach())
-        if first is None:  # the loss at the model the round started from (the global one)
-            first = float(ce.detach())
-        if num_classes:
-            part = class_sufficient_stats(z.detach().cpu(), y.cpu(), num_classes, anchors.structure)
+        step = _local_step(encoder, head, anchors, opt, params, work, z, y)
+        if step is None:
+            return dict(_DIVERGED)
+        ce, fit = step
+        ce_sum, fit_sum = ce_sum + ce, fit_sum + fit
+        first = ce if first is None else first  # the loss at the model the round started from
+        if work.num_classes:
+            part = class_sufficient_stats(z.detach().cpu(), y.cpu(), work.num_classes, anchors.structure)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
-    return {"loss": ce_sum / steps, "loss_first": first, "fit": fit_sum / steps, "stats": stats}
+    return {"loss": ce_sum / work.steps, "loss_first": first, "fit": fit_sum / work.steps, "stats": stats}
+
+
+def _local_step(encoder, head, anchors, opt, params, work: LocalWork, z, y) -> tuple[float, float] | None:
+    """One local step on the batch codes ``z``: (CE, fit), or None when the loss is not finite."""
+    logits = head(z)
+    ce = class_loss(logits, y, work.loss, work.logp) if work.loss is not None else F.cross_entropy(logits, y)
+    if not math.isfinite(float(ce.detach())):
+        return None
+    loss, fit_value = ce, 0.0
+    if work.anchors.lambda_fit > 0:
+        try:
+            fit = group_fit_losses([z], [y], anchors, work.anchors.cov_eps, kind=work.anchors.fit)[0]
+        except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
+            return None
+        loss = loss + work.anchors.lambda_fit * fit
+        fit_value = float(fit.detach())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if work.encoder_scale != 1.0:
+        for p in encoder.parameters():
+            if p.grad is not None:
+                p.grad.mul_(work.encoder_scale)
+    if work.prox_mu > 0 and work.prox_ref:
+        add_prox_grad(list(work.prox_ref), work.prox_mu)
+    clip_and_step(opt, params, work.optim.grad_clip)
+    return float(ce.detach()), fit_value
 
 
 def adapt_encoder(
@@ -236,10 +258,8 @@ def adapt_encoder(
     try:
         params = list(encoder.parameters()) + (list(head.parameters()) if train_head else [])
         opt = make_optimizer(params, cfg_optim)
-        return local_train(
-            encoder, head, anchors, split, opt, cfg_optim, cfg_anchors, steps, 1.0, generator, device,
-            loss_cfg=loss_cfg, logp=logp,
-        )  # fmt: skip
+        work = LocalWork(steps, cfg_optim, cfg_anchors, loss=loss_cfg, logp=logp)
+        return local_train(encoder, head, anchors, split, opt, work, generator, device)
     finally:
         for p in frozen:
             p.requires_grad_(True)

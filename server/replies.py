@@ -10,6 +10,7 @@ rule applies, and nothing of it is averaged.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 from flwr.app import Message
@@ -131,14 +132,20 @@ class RepliesMixin:
         return why
 
     def _vet_train(self, rnd: int, ok: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
-        """The training replies that pass every check; the others are rejected (logged)."""
-        kept = []
+        """The training replies that pass every check; the others are rejected (logged). When
+        every reply is rejected for non-finite values the model itself diverged (the aggregate
+        of those replies would be non-finite): that stops the run as a divergence, naming it,
+        not as clients gone missing."""
+        kept, nonfinite = [], 0
         for pid, r in ok:
             why = self._train_problem(pid, r)
             if why:
                 self._reject(rnd, "train", pid, r, why)
+                nonfinite += "finite" in why
             else:
                 kept.append((pid, r))
+        if ok and not kept and nonfinite == len(ok):
+            self._checker(f"round {rnd}")({"every client's training loss or model (all replies non-finite)": math.nan})
         return kept
 
     def _vet_evaluate(self, rnd: int, ok: list[tuple[int, Message]], splits, phase: str = "evaluate"):

@@ -250,3 +250,14 @@ def test_a_shared_encoder_whose_holders_all_weigh_zero_stays_put(tmp_path, rule)
         s: any(not torch.equal(before[s][k], v) for k, v in e.state_dict().items()) for s, e in server.encoders.items()
     }
     assert moved == {"px8": True, "px16": False}
+
+
+def test_every_reply_non_finite_is_a_divergence_not_missing_clients(tmp_path):
+    """One bad client is rejected; all of them non-finite in a round means the model itself
+    diverged (their aggregate would be non-finite): exit 3 naming it, not "no reply"."""
+    from fedanchors.errors import Diverged
+
+    faults = [{"partition": 0, "kind": "nan", "from_round": 2}, {"partition": 1, "kind": "nan", "from_round": 2}]
+    cfg = small_config(tmp_path, mode="federated", federated={"rounds": 3, "faults": faults})
+    with pytest.raises(Diverged, match=r"all replies non-finite\) is nan in round 2"):
+        run_rounds(cfg, 2)

@@ -59,3 +59,22 @@ def test_the_console_script_runs_each_command(capsys):
             assert e.code == 0, name
         assert "usage:" in capsys.readouterr().out, name
     assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+
+
+def test_modules_and_functions_stay_small():
+    """No module of the library, the Flower layers or the benchmarks over 400 lines, no function
+    over 60 (the tests excepted): a unit a reader can hold in view."""
+    import ast
+
+    big, long = [], []
+    for part in ("fedanchors", "clients", "server", "bench"):
+        for path in sorted((REPO / part).rglob("*.py")):
+            src = path.read_text()
+            if src.count("\n") > 400:
+                big.append(f"{path.relative_to(REPO)}: {src.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(src)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 60:
+                        long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {n} lines")
+    assert not big and not long, big + long

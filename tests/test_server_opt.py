@@ -118,7 +118,7 @@ def test_fedprox_gradient_is_mu_times_the_distance():
 def test_fedprox_in_local_training_moves_toward_the_reference(tmp_path):
     from fedanchors.data import build_scenario
     from fedanchors.models import build_anchors, build_encoder, build_head
-    from fedanchors.train import local_train, make_optimizer
+    from fedanchors.train import LocalWork, local_train, make_optimizer
 
     cfg = small_config(tmp_path, optim={"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "grad_clip": 0.0})
     g = build_scenario(cfg.data).groups[0]
@@ -130,8 +130,8 @@ def test_fedprox_in_local_training_moves_toward_the_reference(tmp_path):
         ref = [(p, torch.zeros_like(p)) for p in head.parameters()]  # a global head at 0
         opt = make_optimizer(list(enc.parameters()) + list(head.parameters()), cfg.optim)
         w0 = [p.detach().clone() for p in head.parameters()]
-        local_train(enc, head, anchors, g.train, opt, cfg.optim, cfg.anchors, 1, 1.0,
-                    torch.Generator().manual_seed(0), torch.device("cpu"), prox_mu=mu, prox_ref=ref)  # fmt: skip
+        work = LocalWork(1, cfg.optim, cfg.anchors, prox_mu=mu, prox_ref=tuple(ref))
+        local_train(enc, head, anchors, g.train, opt, work, torch.Generator().manual_seed(0), torch.device("cpu"))
         outs.append([p.detach().clone() for p in head.parameters()])
     # one SGD step: the prox run differs by exactly -lr * mu * (w0 - 0)
     for a, b, w in zip(outs[0], outs[1], w0):
@@ -155,7 +155,7 @@ def test_group_loss_first_is_the_loss_at_the_starting_model(tmp_path):
 
     from fedanchors.data import build_scenario
     from fedanchors.models import build_anchors, build_encoder, build_head
-    from fedanchors.train import batches, local_train, make_optimizer
+    from fedanchors.train import LocalWork, batches, local_train, make_optimizer
 
     cfg = small_config(tmp_path, optim={"name": "sgd", "lr": 0.5, "batch_size": 32})
     g = build_scenario(cfg.data).groups[0]
@@ -165,7 +165,7 @@ def test_group_loss_first_is_the_loss_at_the_starting_model(tmp_path):
         want = float(F.cross_entropy(head(enc(g.train.x[first_batch])), g.train.y[first_batch]))
     opt = make_optimizer(list(enc.parameters()) + list(head.parameters()), cfg.optim)
     anchors = build_anchors(cfg.model.latent_dim, 10, 1e-4, 1.0, 0)
-    res = local_train(enc, head, anchors, g.train, opt, cfg.optim, cfg.anchors, 6, 1.0,
-                      torch.Generator().manual_seed(3), torch.device("cpu"))  # fmt: skip
+    work = LocalWork(6, cfg.optim, cfg.anchors)
+    res = local_train(enc, head, anchors, g.train, opt, work, torch.Generator().manual_seed(3), torch.device("cpu"))
     assert res["loss_first"] == pytest.approx(want, rel=1e-6)
     assert res["loss"] != pytest.approx(want, rel=1e-3)  # six steps at lr 0.5 move the mean away

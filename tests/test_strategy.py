@@ -225,7 +225,7 @@ def test_barycenter_step_reaches_the_closed_form():
 def test_running_class_stats_equal_an_exact_pass_when_the_encoder_is_still(tmp_path):
     """With lr = 0 the encoder cannot move, so stats gathered during training are exact."""
     from fedanchors.moments import class_sufficient_stats
-    from fedanchors.train import local_train, make_optimizer
+    from fedanchors.train import LocalWork, local_train, make_optimizer
 
     cfg = small_config(tmp_path, optim={"name": "sgd", "lr": 1e-12, "batch_size": 32, "grad_clip": 0.0})
     g = build_scenario(cfg.data).groups[0]
@@ -233,20 +233,8 @@ def test_running_class_stats_equal_an_exact_pass_when_the_encoder_is_still(tmp_p
     head, anchors = torch.nn.Linear(16, 10), build_anchors(16, 10, 1e-4, 1.0, 0)
     opt = make_optimizer(list(enc.parameters()) + list(head.parameters()), cfg.optim)
     steps = 2 * math.ceil(len(g.train) / 32)  # two passes: only the last one counts
-    res = local_train(
-        enc,
-        head,
-        anchors,
-        g.train,
-        opt,
-        cfg.optim,
-        cfg.anchors,
-        steps,
-        1.0,
-        torch.Generator().manual_seed(0),
-        torch.device("cpu"),
-        num_classes=10,
-    )
+    work = LocalWork(steps, cfg.optim, cfg.anchors, num_classes=10)
+    res = local_train(enc, head, anchors, g.train, opt, work, torch.Generator().manual_seed(0), torch.device("cpu"))
     with torch.no_grad():
         exact = class_sufficient_stats(enc(g.train.x), g.train.y, 10)
     assert torch.equal(res["stats"][0], exact[0]) and int(exact[0].sum()) == len(g.train)
