@@ -148,7 +148,7 @@ def _check_dfr(cfg: Config) -> None:
         raise ConfigError("dfr in federated mode replaces a linear head; set model.head: linear")
 
 
-FAULT_KINDS = ("nan", "scale", "raise")
+FAULT_KINDS = ("nan", "scale")  # a client that raises: federated.fault_partition
 
 
 def _check_robustness(f) -> None:

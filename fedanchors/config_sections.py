@@ -154,7 +154,7 @@ class FaultSpec:
     """Testing aid: a client that misbehaves (``federated.faults``) from ``from_round`` for
     ``rounds`` rounds (0: to the end). ``nan``: its training reply's head (and shared encoder)
     and loss are NaN; ``scale``: it sends ``global + scale * (its update)``, an update ``scale``
-    times too large; ``raise``: its training fails."""
+    times too large (a client that raises instead: ``fault_partition``)."""
 
     partition: int = 0
     kind: str = "nan"
@@ -198,7 +198,7 @@ class FederatedConfig:
     fault_partition: int = -1  # testing aid: this partition raises ...
     fault_round: int = 0  # ... from this round (train and evaluate) ...
     fault_rounds: int = 1  # ... for this many rounds
-    faults: tuple[FaultSpec, ...] = ()  # testing aid: misbehaving clients (nan / scale / raise replies)
+    faults: tuple[FaultSpec, ...] = ()  # testing aid: misbehaving clients (nan / scale replies)
     # how the clients' heads and shared encoders become one (fedanchors.aggregate.AGGREGATIONS):
     # mean (FedAvg, weighted by the method), or the robust median / trimmed_mean / krum, where
     # every client of positive weight counts once (the method's group weights do not enter)

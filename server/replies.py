@@ -24,6 +24,12 @@ from fedanchors.reply_checks import evaluation_problem, scalar_problem, state_pr
 log = logging.getLogger("fedanchors.server")
 
 
+def _reason(r: Message) -> tuple[list[str], str]:
+    """An error reply's reason, line by line, and its last line (the exception), for the log."""
+    lines = (r.error.reason or "").strip().splitlines()
+    return lines, lines[-1].rstrip("'>") if lines else str(r.error.code)
+
+
 def _marked(lines: list[str], marker: str) -> str:
     """The text from ``marker`` on, in the last of ``lines`` holding it ("" if none)."""
     found = [x[x.index(marker) :].rstrip("'\">") for x in lines if marker in x]
@@ -43,7 +49,7 @@ class RepliesMixin:
             if not r.has_error():
                 ok.append((self._partition(r), r))
                 continue
-            reason = (r.error.reason or "").strip().splitlines()
+            reason, last = _reason(r)
             if self.errors is not None:  # the full traceback, for debugging a client
                 append_line(self.errors, f"round {rnd} {phase} client {self._partition(r)}:\n{r.error.reason}\n")
             unwritten = _marked(reason, WRITE_FAILED)
@@ -52,7 +58,7 @@ class RepliesMixin:
             gone = _marked(reason, STATE_LOST)
             if gone:
                 raise FedAnchorsError(f"round {rnd}: {gone}")
-            failed.append((self._partition(r), reason[-1].rstrip("'>") if reason else str(r.error.code)))
+            failed.append((self._partition(r), last))
         for pid, why in sorted(failed):
             log.warning("round %d: client %d failed in %s: %s", rnd, pid, phase, why)
         return sorted(ok, key=lambda t: t[0])
@@ -63,9 +69,7 @@ class RepliesMixin:
         ok = []
         for r in replies:
             if r.has_error():
-                reason = (r.error.reason or "").strip().splitlines()
-                why = reason[-1].rstrip("'>") if reason else str(r.error.code)
-                log.warning("setup: node %d failed in setup: %s", r.metadata.src_node_id, why)
+                log.warning("setup: node %d failed in setup: %s", r.metadata.src_node_id, _reason(r)[1])
             else:
                 ok.append(r)
         return ok
