@@ -235,23 +235,13 @@ def _log_prior(conf) -> torch.Tensor | None:
 
 
 def _jacobians(cfg: Config, model: ClientModel, group: GroupData, pid: int, rnd: int) -> dict[str, float]:
-    """System 3's Jacobian norms of the model the round starts from, on this client's training data."""
-    from fedanchors.dynamics import jacobian_norm
+    """The gap analyses' Jacobian norms of the model the round starts from, on this client's training data."""
+    from fedanchors.dynamics import encoder_head_jacobians
 
     a = cfg.analysis
     x = group.train.x[: a.jacobian_examples].to(model.device)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "jacobian", pid, rnd))
-    model.encoder.eval()
-    model.head.eval()
-    try:
-        out = {"jac_enc": jacobian_norm(model.encoder, x, a.projections, gen)}
-        with torch.no_grad():
-            z = model.encoder(x)
-        out["jac_head"] = jacobian_norm(model.head, z, a.projections, gen)
-    finally:
-        model.encoder.train()
-        model.head.train()
-    return out
+    return encoder_head_jacobians(model.encoder, model.head, x, a.projections, gen)
 
 
 def _local_steps(cfg: Config, data: ScenarioData, group: GroupData) -> int:

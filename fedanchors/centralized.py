@@ -25,14 +25,14 @@ from fedanchors.methods import Method, build_method
 from fedanchors.metrics import client_accuracies, client_summary, group_metrics
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.population import build_population, has_population
-from fedanchors.resume import CheckpointError, global_rng_state, set_global_rng_state
+from fedanchors.resume import MISMATCH, global_rng_state, mismatch, set_global_rng_state
 from fedanchors.rundir import RunDir, resolve_device, seed_everything
 from fedanchors.train import (
     GroupCycler,
     batches,
     clip_and_step,
     group_batch_sizes,
-    group_fit_losses,
+    group_objective,
     make_optimizer,
     separation_loss,
     steps_per_epoch,
@@ -168,11 +168,8 @@ class CentralizedTrainer:
             if a.jacobian:
                 gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "jacobian", t))
                 for n, e, (x, _) in zip(names, encs, batches):
-                    x = x[: a.jacobian_examples]
-                    rec[f"jac_enc:{n}"] = dynamics.jacobian_norm(e, x, a.projections, gen)
-                    with torch.no_grad():
-                        z = e(x)
-                    rec[f"jac_head:{n}"] = dynamics.jacobian_norm(head, z, a.projections, gen)
+                    jac = dynamics.encoder_head_jacobians(e, head, x[: a.jacobian_examples], a.projections, gen)
+                    rec |= {f"{k}:{n}": v for k, v in jac.items()}
         finally:
             self.model.train(was)
         return rec
@@ -276,16 +273,12 @@ class CentralizedTrainer:
         losses[present] = torch.stack(ces).detach().double().cpu()
         counts = torch.bincount(owner, minlength=G)
         w = self.method.weights(counts, losses, epoch)[present].to(self.device, torch.float32)
-        ce_vec = torch.stack(ces)
-        loss = (w * ce_vec).sum()
-        out = {"loss": float(loss.detach())}
-        if cfg.anchors.lambda_fit > 0:
-            try:
-                fit = group_fit_losses(zs, ys, m.anchors, cfg.anchors.cov_eps, self.barycenter, cfg.anchors.fit)
-                fit = (w * fit).sum()
-            except torch.linalg.LinAlgError:  # only on overflowing codes
-                self.check({"the W2 fit (an eigendecomposition failed)": float("nan")}, f"epoch {epoch + 1}")
-            loss = loss + cfg.anchors.lambda_fit * fit
+        try:
+            loss, ce, fit = group_objective(ces, zs, ys, w, m.anchors, cfg.anchors, self.barycenter)
+        except torch.linalg.LinAlgError:  # only on overflowing codes
+            self.check({"the W2 fit (an eigendecomposition failed)": float("nan")}, f"epoch {epoch + 1}")
+        out = {"loss": float(ce.detach())}
+        if fit is not None:
             out["fit"] = float(fit.detach())
         if cfg.anchors.lambda_sep > 0:
             sep = separation_loss(m.anchors, m.head, cfg.anchors, self.sep_gen)
@@ -378,11 +371,8 @@ class CentralizedTrainer:
             for c, order in zip(self.cyclers, state["cyclers"]):
                 c.order = order
             set_global_rng_state(state["rng"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"resume checkpoint {path} does not match this run's model ({reason}); start a new run"
-            ) from None
+        except MISMATCH as e:
+            raise mismatch(f"resume checkpoint {path}", "this run's model", e) from None
 
 
 def run_centralized(cfg: Config, data: ScenarioData, run: RunDir | None, resume: bool = False) -> dict:

@@ -177,6 +177,26 @@ def jacobian_norm(f: nn.Module, x: torch.Tensor, projections: int, gen: torch.Ge
     return float((total / projections).sqrt().mean())
 
 
+def encoder_head_jacobians(
+    encoder: nn.Module, head: nn.Module, x: torch.Tensor, projections: int, gen: torch.Generator
+) -> dict[str, float]:
+    """``jac_enc`` and ``jac_head`` (``jacobian_norm``) of one group's encoder at its inputs ``x``
+    and of the head at their codes, the modules in eval mode and put back as they were; both
+    modes record these (centralized per group, a federated client for its own group)."""
+    modes = encoder.training, head.training
+    encoder.eval()
+    head.eval()
+    try:
+        out = {"jac_enc": jacobian_norm(encoder, x, projections, gen)}
+        with torch.no_grad():
+            z = encoder(x)
+        out["jac_head"] = jacobian_norm(head, z, projections, gen)
+    finally:
+        encoder.train(modes[0])
+        head.train(modes[1])
+    return out
+
+
 def gap(acc: dict[str, float]) -> float:
     vals = [v for v in acc.values() if not math.isnan(v)]
     return max(vals) - min(vals)

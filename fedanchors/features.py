@@ -97,7 +97,7 @@ def pool_tokens(x: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 def _load_weights(net: nn.Module, path: str) -> None:
-    from fedanchors.resume import CheckpointError
+    from fedanchors.resume import mismatch
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -106,8 +106,7 @@ def _load_weights(net: nn.Module, path: str) -> None:
         state = torch.load(p, map_location="cpu", weights_only=True)
         net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     except Exception as e:  # noqa: BLE001 - one line for the user
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"data.features.weights: {p} is not a state dict of this backbone ({reason})") from None
+        raise mismatch(f"data.features.weights: {p}", "this backbone's state dict", e, fix="") from None
 
 
 def build_backbone(f, seed: int) -> nn.Module:

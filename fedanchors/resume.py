@@ -46,6 +46,17 @@ class CheckpointError(FedAnchorsError):
     """A checkpoint or client state file is missing, corrupt or of the wrong kind."""
 
 
+# what loading a state of another shape raises
+MISMATCH = (KeyError, RuntimeError, ValueError, TypeError, AttributeError)
+
+
+def mismatch(what: str, target: str, error: Exception, fix: str = "start a new run") -> CheckpointError:
+    """The one-line error of a loaded state that does not fit ``target`` (a model, the clients,
+    the config): ``what`` names the file, ``error``'s first line says why, ``fix`` the way on."""
+    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return CheckpointError(f"{what} does not match {target} ({reason})" + (f"; {fix}" if fix else ""))
+
+
 def load(
     path: Path, device: torch.device | str = "cpu", required: tuple[str, ...] = (), what: str = "checkpoint"
 ) -> dict:

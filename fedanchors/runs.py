@@ -20,7 +20,7 @@ from fedanchors.errors import ConfigError
 from fedanchors.features import with_features
 from fedanchors.models import build_encoder, build_head
 from fedanchors.population import build_population, held_out
-from fedanchors.resume import CLIENT_KEYS, CheckpointError, client_state_path, load
+from fedanchors.resume import CLIENT_KEYS, MISMATCH, CheckpointError, client_state_path, load, mismatch
 
 
 def build_data(cfg) -> ScenarioData:
@@ -36,9 +36,8 @@ def _module(build, state: dict, what: str, path: Path) -> torch.nn.Module:
     m = build()
     try:
         m.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as e:
-        reason = str(e).strip().splitlines()[0][:160]
-        raise CheckpointError(f"{path}: the {what} does not match the run's config ({reason})") from None
+    except MISMATCH as e:
+        raise mismatch(f"{path}: the {what}", "the run's config", e, fix="") from None
     return m
 
 

@@ -52,6 +52,32 @@ def group_fit_losses(
     return torch.stack([chunk.mean() for chunk in torch.split(w2, sizes)])
 
 
+def group_objective(
+    ces: list[torch.Tensor],
+    zs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    weights: torch.Tensor,
+    anchors: AnchorModule,
+    cfg: AnchorConfig,
+    detach: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The objective both modes minimise on a batch of groups' codes ``zs`` (labels ``ys``),
+    given each group's class loss ``ces`` and weight ``weights`` (G,):
+
+        sum_g w_g CE_g + lambda_fit * sum_g w_g fit_g
+
+    (a client's local step is the one-group case, w = 1: the server's weights enter through
+    ``LocalWork.encoder_scale`` and the aggregation). Returns (loss, the CE part, the weighted
+    fit or None when ``lambda_fit`` is 0). The separation term, which involves only the shared
+    parts, is added where the anchors train: the centralized step and the server's anchor step.
+    A ``torch.linalg.LinAlgError`` (overflowing codes) is the caller's divergence."""
+    ce = (weights * torch.stack(ces)).sum()
+    if cfg.lambda_fit <= 0:
+        return ce, ce, None
+    fit = (weights * group_fit_losses(zs, ys, anchors, cfg.cov_eps, detach, cfg.fit)).sum()
+    return ce + cfg.lambda_fit * fit, ce, fit
+
+
 def separation_loss(
     anchors: AnchorModule, head: nn.Module, cfg: AnchorConfig, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -215,14 +241,13 @@ def _local_step(encoder, head, anchors, opt, params, work: LocalWork, z, y) -> t
     ce = class_loss(logits, y, work.loss, work.logp) if work.loss is not None else F.cross_entropy(logits, y)
     if not math.isfinite(float(ce.detach())):
         return None
-    loss, fit_value = ce, 0.0
-    if work.anchors.lambda_fit > 0:
-        try:
-            fit = group_fit_losses([z], [y], anchors, work.anchors.cov_eps, kind=work.anchors.fit)[0]
-        except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
-            return None
-        loss = loss + work.anchors.lambda_fit * fit
-        fit_value = float(fit.detach())
+    try:
+        loss, _, fit = group_objective(
+            [ce], [z], [y], torch.ones(1, dtype=ce.dtype, device=ce.device), anchors, work.anchors
+        )
+    except torch.linalg.LinAlgError:  # overflowing codes: diverged, as above
+        return None
+    fit_value = float(fit.detach()) if fit is not None else 0.0
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if work.encoder_scale != 1.0:

@@ -18,7 +18,7 @@ from fedanchors.config import Config
 from fedanchors.dfr import fit_balanced, gaussian_codes, linear_head
 from fedanchors.loop import run_loop
 from fedanchors.models import stable_seed
-from fedanchors.resume import CheckpointError
+from fedanchors.resume import MISMATCH, mismatch
 from fedanchors.rundir import RunDir
 from server.strategy import FedAnchors
 
@@ -107,11 +107,8 @@ class FederatedTrainer:
     def load_resume_state(self, state: dict, path) -> None:
         try:
             self.server.load_resume_state(state)
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"server checkpoint {path} does not match this run's clients ({reason}); start a new run"
-            ) from None
+        except MISMATCH as e:
+            raise mismatch(f"server checkpoint {path}", "this run's clients", e) from None
         self.rnd = int(state["round"])
 
     def final(self) -> dict:
