@@ -45,7 +45,7 @@ class RepliesMixin:
         written stops the run, naming the file."""
         ok, failed = [], []
         for r in replies:
-            self._count(0, message_bytes(r))
+            self.count_bytes(0, message_bytes(r))
             if not r.has_error():
                 ok.append((self._partition(r), r))
                 continue

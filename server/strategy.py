@@ -1,51 +1,29 @@
-"""FedAnchors: the server's state and maths, and the messages of a round.
+"""FedAnchors: the messages of a round, over the Flower-free server core.
 
-GroupDRO weights, head/encoder aggregation with the server optimizer and the W2 anchor
-fit, over the library's functions (``fedanchors.aggregate``, ``fedanchors.methods``), the
-same the centralized mode uses. The rounds themselves are run by ``fedanchors.loop``
-through ``server.driver``; nothing here loops, checkpoints or decides when to stop.
+``fedanchors.fedserver.ServerCore`` holds the server's state and maths (GroupDRO weights,
+aggregation, the server optimizer, the anchor fit, evaluation); this class adds what Flower
+needs: it finds the clients, builds each round's messages from the core's plan, and parses
+(``server.replies`` vets) the replies into the core's ``ClientUpdate`` s and counts.
 """
 
 from __future__ import annotations
 
-import logging
-import statistics
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
-from fedanchors import dynamics
-from fedanchors.aggregate import AGGREGATIONS, AggregationOptions, combine_parts, fit_anchors, space_weights
-from fedanchors.config import Config, anchor_update, anchors_used
-from fedanchors.errors import FedAnchorsError, RunFailed
-from fedanchors.health import check_finite, module_tensors
-from fedanchors.losses import anchor_w2_by_group, log_prior
-from fedanchors.methods import build_method
-from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.moments import pool_moments
-from fedanchors.population import drop_out, held_out, sample_clients, split_weights
-from fedanchors.server_opt import build_server_optimizer
-from server.analysis import RoundAnalysis
-from server.evaluation import EvaluationMixin
+from fedanchors.config import Config
+from fedanchors.errors import FedAnchorsError
+from fedanchors.fedserver import ClientUpdate, ServerCore
 from server.replies import RepliesMixin
-from server.state import StateMixin
-
-log = logging.getLogger("fedanchors.server")
 
 
-class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
-    """Server state: head, anchors, shared encoders, GroupDRO q; one client per group.
-
-    Evaluation and new-client messages are in ``server.evaluation``, checkpointed state in
-    ``server.state``.
-
-    ``errors``: where clients' tracebacks go (``<run>/client_errors.log``), or None.
-    """
+class FedAnchors(ServerCore, RepliesMixin):
+    """The server of a federated run: ``ServerCore``'s state, reached through messages."""
 
     def __init__(
         self,
@@ -55,38 +33,9 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
         class_sets: dict[str, list[int]] | None = None,
         errors: Path | None = None,
     ) -> None:
-        self.cfg, self.num_clients, self.errors = cfg, num_clients, errors
-        self.class_sets = class_sets or {}
-        m, a = cfg.model, cfg.anchors
-        self.head = build_head(m, num_classes, cfg.seed)
-        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed, a.covariance)
-        self.sep_gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "server-separation"))
-        f = cfg.federated
-        self.server_opt = build_server_optimizer(
-            f.server_opt, f.server_lr, f.server_beta1, f.server_beta2, f.server_tau
-        )
+        super().__init__(cfg, num_clients, num_classes, class_sets, errors)
         self.nodes: dict[int, int] = {}  # partition -> node id
         self.pid_of: dict[int, int] = {}  # node id -> partition
-        self.info: list[dict] = []  # per partition (client): group, gi (group index), space, shape, n
-        self.cgroup: list[int] = []  # per partition: its group's index
-        self.held: set[int] = set()  # partitions held out of training (new clients at test time)
-        self.names: list[str] = []  # the groups, in index order
-        self.sampled: list[int] = []  # this round's clients (sampled, minus dropouts)
-        self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
-        self.method = None
-        self.weights = torch.empty(0)  # per partition this round (0 when not asked)
-        self.group_weights = torch.empty(0)
-        self.sampled_groups: set[int] = set()
-        self.last_losses: torch.Tensor | None = None  # each group's latest loss (carried over a missed round)
-        self.client_rounds: list[int] = []  # per partition: the last round it trained (its state file)
-        self.best_rounds: list[int] = []  # per partition: the state file of the best model (clients keep it)
-        self.missing: list[int] = []  # per partition: rounds in a row without a reply
-        self.round_ok: set[int] = set()
-        self.bytes_sent = self.bytes_received = 0
-        self.round_bytes = [0, 0]
-        self.last_stats: dict[str, torch.Tensor] | None = None  # the last round's class statistics
-        self.analysis: RoundAnalysis | None = None  # system 3's analyses (server/analysis.py)
-        self.scales: dict[int, float] = {}  # this round's encoder gradient scale per partition
 
     # -- setup ------------------------------------------------------------------------
     def discover(self, grid: Grid) -> None:
@@ -125,50 +74,7 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
             self.nodes[pid] = r.metadata.src_node_id
             self.pid_of[r.metadata.src_node_id] = pid  # O(1) reply -> partition at any population
             info[pid] = info_pid
-        self.info = [info[p] for p in sorted(info)]
-        self.cgroup = [i["gi"] for i in self.info]
-        self.held = held_out(self.cgroup, self.cfg.federated.holdout, self.cfg.seed)
-        self.names = [next(i["group"] for i in self.info if i["gi"] == g) for g in sorted(set(self.cgroup))]
-        self.client_rounds = [0] * len(self.info)
-        self.best_rounds = [0] * len(self.info)
-        self.missing = [0] * len(self.names)  # per group
-        self.method = build_method(self.cfg.method, self.names)
-        self.log_prior = self._log_prior()
-        self.analysis = RoundAnalysis(self.cfg, self.names) if dynamics.enabled(self.cfg) else None
-        spaces = [i["space"] for i in self.info]
-        for i in self.info:
-            sharing = self.cfg.federated.encoder_sharing == "space"
-            if sharing and spaces.count(i["space"]) > 1 and i["space"] not in self.encoders:
-                self.encoders[i["space"]] = build_encoder(
-                    self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
-                )
-
-    def _log_prior(self) -> list[float] | None:
-        """The long-tail losses' prior (``loss.name``): the training clients' summed class counts."""
-        if self.cfg.loss.name == "ce":
-            return None
-        counts = torch.tensor([self.info[p]["class_counts"] for p in self.training()]).sum(0)
-        return log_prior(counts).tolist()
-
-    def members(self, g: int, among=None) -> list[int]:
-        """Training partitions of group ``g`` (among ``among`` when given); held-out ones never count."""
-        return [p for p, x in enumerate(self.cgroup) if x == g and (among is None or p in among) and p not in self.held]
-
-    def training(self) -> list[int]:
-        """The partitions that train (all but the held-out new clients)."""
-        return [p for p in range(len(self.cgroup)) if p not in self.held]
-
-    def client_weights(self, group_w: torch.Tensor, pids: list[int]) -> dict[int, float]:
-        return split_weights(group_w, self.cgroup, [i["n"] for i in self.info], sorted(pids))
-
-    def _payload(self, pid: int) -> ArrayRecord:
-        space = self.info[pid]["space"]
-        parts = {"encoder": self.encoders[space].state_dict()} if space in self.encoders else {}
-        if self.cfg.federated.head_sharing == "global":
-            parts["head"] = self.head.state_dict()
-        if anchors_used(self.cfg):
-            parts["anchors"] = self.anchors.state_dict()
-        return pack(**parts)
+        self.setup([info[p] for p in sorted(info)])
 
     def _messages(self, kind: str, rnd: int, config: dict, pids: list[int] | None = None) -> list[Message]:
         out = []
@@ -182,217 +88,52 @@ class FedAnchors(EvaluationMixin, StateMixin, RepliesMixin):
                 {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
             )
             msg = Message(
-                RecordDict({"global": self._payload(pid), "config": conf}),
+                RecordDict({"global": pack(**self.shared_parts(pid)), "config": conf}),
                 message_type=kind,
                 dst_node_id=nid,
                 group_id=str(rnd),
             )
-            self._count(message_bytes(msg), 0)
+            self.count_bytes(message_bytes(msg), 0)
             out.append(msg)
         return out
-
-    def _count(self, sent: int, received: int) -> None:
-        """Bytes on the wire: run totals, and since the last logged record."""
-        self.bytes_sent += sent
-        self.bytes_received += received
-        self.round_bytes[0] += sent
-        self.round_bytes[1] += received
 
     def _partition(self, reply: Message) -> int:
         return self.pid_of[reply.metadata.src_node_id]
 
     # -- train ------------------------------------------------------------------------
     def configure_train(self, rnd: int) -> list[Message]:
-        """Round ``rnd``'s train messages: the sampled clients (``federated.clients_per_round``,
-        minus seeded dropouts), with this round's group weights split over them."""
-        f = self.cfg.federated
-        gb = self.cfg.optim.group_batch  # fixed-ratio batches: a group counts by its share of a step
-        counts = torch.tensor(
-            [gb[n] if gb else sum(self.info[p]["n"] for p in self.members(g)) for g, n in enumerate(self.names)]
-        )
-        # a group that missed a round counts with its last loss (one that never reported leaves the objective at q)
-        losses = self.last_losses
-        if losses is not None and bool(torch.isnan(losses).any()):
-            losses = None
-        self.group_weights = self.method.weights(counts, losses, rnd - 1)
-        pool = self.training()
-        picked = sample_clients([self.cgroup[p] for p in pool], f.clients_per_round, f.sampling, self.cfg.seed, rnd)
-        sampled = [pool[i] for i in picked]
-        self.sampled = drop_out(sampled, f.dropout, self.cfg.seed, rnd)
-        self.sampled_groups = {self.cgroup[p] for p in sampled}
-        w = self.client_weights(self.group_weights, self.sampled)
-        self.weights = torch.tensor([w.get(p, 0.0) for p in range(len(self.info))], dtype=torch.float64)
-        spaces = [i["space"] for i in self.info]
-        # a client scales its encoder's gradient by the total weight of that encoder's holders
-        private = self.cfg.federated.encoder_sharing == "client"
-        scale = self.weights.tolist() if private else space_weights(spaces, self.weights)
-        shared = [s in self.encoders for s in spaces]
-        self.scales = dict(enumerate(scale))
-        config = {"encoder_scale": scale, "encoder_shared": shared}
-        if self.cfg.analysis.jacobian and dynamics.due(self.cfg, rnd):
-            config["analysis_jacobian"] = True
-        if self.log_prior is not None:
-            config["log_prior"] = [self.log_prior] * len(self.info)
+        """Round ``rnd``'s train messages: to the clients the core's plan samples, with its config."""
+        config = self.plan_round(rnd)
         return self._messages(MessageType.TRAIN, rnd, config, self.sampled)
 
     def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
-        """Aggregate round ``rnd``'s replies into the server state; the round's training metrics."""
+        """Vet round ``rnd``'s replies, parse them and aggregate them (``ServerCore.aggregate_round``)."""
         ok = self._vet_train(rnd, self._split_replies(rnd, replies, "train"))
-        if len(ok) < self.cfg.federated.min_clients:
-            raise FedAnchorsError(
-                f"round {rnd}: {len(ok)} client replies, fewer than federated.min_clients="
-                f"{self.cfg.federated.min_clients}; see the client errors and rejected replies above "
-                "(details: client_errors.log)"
-            )
-        pids = [p for p, _ in ok]
-        check = self._checker(f"round {rnd}")
-        answered = sorted({self.cgroup[p] for p in pids})
-        self.round_ok = set(answered)
-        losses, fits = self._group_losses(ok, answered)
-        gw = self.group_weights[answered].double()
-        if float(gw.sum()) <= 0:
-            raise RunFailed(
-                f"round {rnd}: the groups that answered ({', '.join(self.names[g] for g in answered)}) all have "
-                f"weight 0 under method {self.cfg.method.name}; no update is possible"
-            )
-        if self.analysis is not None:  # system 3's analyses, on the model the round started from
-            sd = (
-                self._group_stats(ok, answered) if anchors_used(self.cfg) and self.cfg.analysis.static_dynamic else None
-            )
-            self.analysis.observe(rnd, self, ok, losses, self.scales, sd)
-        cw = self.client_weights(self.group_weights, pids)  # w_g split over the answering clients
-        w = [cw[p] for p in pids]
-        for p in pids:
-            self.client_rounds[p] = rnd
-        norms = self._update_shared(ok, w)
-        check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
-        stacked = self._group_stats(ok, answered) if anchors_used(self.cfg) else None
-        if stacked is not None:
-            self.last_stats = stacked
-            check({f"the class statistics ({k})": v for k, v in stacked.items()})
-        wt = gw / gw.sum()
-        # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
-        rec = {"loss": float((wt * losses[answered]).sum()), "fit": float((wt * fits[answered]).sum())}
-        if norms:  # the clients' update norms before any bound: what federated.max_update_norm is set against
-            rec |= {"update_norm_median": statistics.median(norms), "update_norm_max": max(norms)}
-        gl = [float(self.group_weights[g]) for g in answered]
-        if stacked is not None:
-            rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
-        self.method.step(losses, rnd - 1)
-        check(
-            {
-                "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
-                "q": self.method.q,
-            }
-        )
-        carried = losses if self.last_losses is None else torch.where(torch.isnan(losses), self.last_losses, losses)
-        self.last_losses = carried
-        return rec
+        return self.aggregate_round(rnd, [self._update(p, r) for p, r in ok])
 
-    def _group_losses(self, ok: list[tuple[int, Message]], answered: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each group's loss and fit (G,): the example-weighted mean of its answering clients'
-        (vetted: finite, >= 0); NaN for a group without a reply."""
-        G, pids = len(self.names), {p for p, _ in ok}
-        losses = torch.full((G,), float("nan"), dtype=torch.float64)
-        fits = torch.full((G,), float("nan"), dtype=torch.float64)
-        metric = {p: r.content["metrics"] for p, r in ok}
-        for g in answered:
-            mine = self.members(g, pids)
-            n = [float(self.info[p]["n"]) for p in mine]
-            for out, key in ((losses, "loss"), (fits, "fit")):
-                v = [float(metric[p][key]) for p in mine]
-                out[g] = sum(k * x for k, x in zip(n, v)) / sum(n) if len(mine) > 1 else v[0]
-        return losses, fits
+    def _update(self, pid: int, r: Message) -> ClientUpdate:
+        c = r.content
+        head = unpack(c["global"], HEAD) if self.cfg.federated.head_sharing == "global" else None
+        encoder = unpack(c["global"], ENCODER) if self.info[pid]["space"] in self.encoders else None
+        stats = unpack_arrays(c["stats"]) if "stats" in c.array_records else None
+        return ClientUpdate(pid, dict(c["metrics"]), head, encoder, stats)
 
-    def _group_stats(self, ok: list[tuple[int, Message]], answered: list[int]) -> dict[str, torch.Tensor]:
-        """Each answering group's class moments pooled over its clients', stacked in group order."""
-        per_client = {p: unpack_arrays(r.content["stats"]) for p, r in ok}
-        pooled = [
-            pool_moments([tuple(torch.from_numpy(per_client[p][k]) for k in ("counts", "means", "covs"))
-                          for p in self.members(g, set(per_client))])
-            for g in answered
-        ]  # fmt: skip
-        return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
+    # -- evaluate ---------------------------------------------------------------------
+    def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:
+        pids = self.training() if self.held else None
+        return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)}, pids)
 
-    def _update_shared(self, ok: list[tuple[int, Message]], w: list[float]) -> list[float]:
-        """Head and shared encoders from the replies (``fedanchors.aggregate.combine_parts``:
-        the norm bound, the aggregation rule), then the server optimizer's step (``sgd`` at lr 1:
-        the combination itself). Returns each client's update norm (before the bound)."""
-        f = self.cfg.federated
-        current = {"head": self.head.state_dict()} if f.head_sharing == "global" else {}  # local heads stay home
-        current.update({f"encoder.{space}": enc.state_dict() for space, enc in self.encoders.items()})
-        clients = []
-        for p, r in ok:
-            mine = {"head": unpack(r.content["global"], HEAD)} if "head" in current else {}
-            if self.info[p]["space"] in self.encoders:
-                mine[f"encoder.{self.info[p]['space']}"] = unpack(r.content["global"], ENCODER)
-            clients.append(mine)
-        opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
-        combined, norms = combine_parts(current, clients, w, AGGREGATIONS.get(f.aggregation), opts, f.max_update_norm)
-        if not combined:
-            return norms
-        new = self.server_opt.step(
-            {f"{n}.{k}": v for n in combined for k, v in current[n].items()},
-            {f"{n}.{k}": v for n, sd in combined.items() for k, v in sd.items()},
-        )
-        if "head" in combined:
-            self.head.load_state_dict({k[5:]: v for k, v in new.items() if k.startswith("head.")})
-        for space, enc in self.encoders.items():
-            pre = f"encoder.{space}."
-            part = {k[len(pre) :]: v for k, v in new.items() if k.startswith(pre)}
-            if part:
-                enc.load_state_dict(part)
-        return norms
+    def configure_adapt(self, rnd: int) -> list[Message]:
+        """The held-out clients' messages: adapt a new encoder to the frozen model, then evaluate."""
+        conf = {"splits": "val,test", "adapt_epochs": self.cfg.federated.holdout_epochs}
+        if self.log_prior is not None:
+            conf["log_prior"] = [self.log_prior] * len(self.info)
+        return self._messages(MessageType.EVALUATE, rnd, conf, sorted(self.held))
 
-    def _fit_anchors(self, stacked: dict, wt: torch.Tensor, groups: list[int], check) -> dict[str, float]:
-        """The server's anchor update on the clients' class moments; its metrics."""
-        a = self.cfg.anchors
-        if not (a.lambda_fit > 0 or a.lambda_sep > 0):
-            return {}
-        try:
-            res = fit_anchors(
-                self.anchors, self.head, stacked["counts"], stacked["means"], stacked["covs"], wt, a,
-                self.cfg.optim, self.sep_gen, anchor_update(self.cfg),
-            )  # fmt: skip
-        except torch.linalg.LinAlgError:  # only ever on overflowing statistics
-            check({"the anchor fit (an eigendecomposition failed on the clients' statistics)": float("nan")})
-        rec = {"anchor_fit": res["fit"], "sep": res["sep"]}
-        with torch.no_grad():
-            am, ac = self.anchors.means, self.anchors.covariances()
-            per_group = anchor_w2_by_group(am, ac, stacked["counts"], stacked["means"], stacked["covs"])
-        return rec | {f"w2_anchor_train:{self.names[g]}": float(v) for g, v in zip(groups, per_group)}
+    def aggregate_evaluate(self, rnd: int, replies: Iterable[Message], splits: tuple[str, ...]) -> dict:
+        ok = self._vet_evaluate(rnd, self._split_replies(rnd, replies, "evaluate"), splits)
+        return self.evaluation_metrics([(p, r.content["metrics"]) for p, r in ok], splits)
 
-    def record_extras(self) -> dict[str, float]:
-        """q and the bytes since the last record."""
-        out = {f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)}
-        out.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
-        self.round_bytes = [0, 0]
-        return out
-
-    def count_missing(self) -> None:
-        """Rounds in a row in which a group had clients asked and none answered."""
-        for g in range(len(self.names)):
-            if g in self.round_ok:
-                self.missing[g] = 0
-            elif g in self.sampled_groups:
-                self.missing[g] += 1
-
-    def missing_error(self, rnd: int) -> RunFailed | None:
-        """A group without any reply for ``federated.max_missing_rounds`` rounds in a row ends
-        the run: results over the remaining groups would not be a worst-group accuracy."""
-        limit = self.cfg.federated.max_missing_rounds
-        lost = [g for g, m in enumerate(self.missing) if m >= limit]
-        if not lost:
-            return None
-        names = ", ".join(
-            f"{self.names[g]} (client{'s' if len(self.members(g)) > 1 else ''} {', '.join(map(str, self.members(g)))})"
-            for g in lost
-        )
-        return RunFailed(
-            f"{names} gave no reply for {limit} rounds in a row (to round {rnd}; federated.max_missing_rounds="
-            f"{limit}); a worst-group accuracy without it would be over a subset of the groups. "
-            f"The causes are in client_errors.log; the checkpoint after round {rnd} is kept (--resume)"
-        )
-
-    def _checker(self, where: str):
-        return lambda values: check_finite(values, where, self.cfg.optim.lr, "checkpoints/server_resume.pt")
+    def aggregate_adapt(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
+        ok = self._vet_evaluate(rnd, self._split_replies(rnd, replies, "adapt"), ("val", "test"), "adapt")
+        return self.adapt_metrics([(p, r.content["metrics"]) for p, r in ok])

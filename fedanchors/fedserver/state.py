@@ -1,6 +1,6 @@
 """What the server checkpoints: the model (head, anchors, shared encoders, q, the class
 statistics, which state file holds each client's private encoder) and everything the next
-round depends on for an exact resume. A mixin of ``server.strategy.FedAnchors``."""
+round depends on for an exact resume. A mixin of ``fedanchors.fedserver.ServerCore``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fedanchors.resume import global_rng_state, set_global_rng_state
 
 
 class StateMixin:
-    """``FedAnchors``'s checkpointed state: its model, and an exact resume's."""
+    """``ServerCore``'s checkpointed state: its model, and an exact resume's."""
 
     def model_state(self) -> dict:
         """The server's model: head, anchors, shared encoders, q, the class statistics it was
@@ -46,7 +46,7 @@ class StateMixin:
             "best_rounds": list(self.best_rounds),
             "missing": list(self.missing),
             "server_opt": self.server_opt.state_dict(),
-            # system 3: the last analysed round's record, completed by the next round's losses
+            # the gap analyses: the last analysed round's record, completed by the next round's losses
             "analysis_pending": self.analysis.pending if self.analysis is not None else None,
         }
 

@@ -1,4 +1,4 @@
-"""System 3's analyses on the server (``analysis:`` in the config), from the clients' replies.
+"""The gap analyses on the server (``analysis:`` in the config), from the clients' replies.
 
 No extra message: the per-group gradients are the clients' updates. With one local SGD step
 on the client's whole split (``optim.name: sgd``, no momentum, weight decay or clipping),
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from clients.protocol import ENCODER, HEAD, unpack
 from fedanchors import dynamics
 from fedanchors.dfr import gaussian_codes
 from fedanchors.models import stable_seed
@@ -41,10 +40,10 @@ class RoundAnalysis:
         G = len(self.names)
         sums = [None] * G
         weights = [0.0] * G
-        for p, r in ok:
+        for u in ok:
+            p = u.pid
             g, n = server.cgroup[p], float(server.info[p]["n"])
-            head = unpack(r.content["global"], HEAD)
-            enc = unpack(r.content["global"], ENCODER)
+            head, enc = u.head or {}, u.encoder or {}
             row = []
             for kind, k, cur in pieces:
                 if kind == "head":
@@ -84,8 +83,8 @@ class RoundAnalysis:
         if a.jacobian:
             for key in ("jac_enc", "jac_head"):
                 for g, name in enumerate(self.names):
-                    mine = [(float(server.info[p]["n"]), float(r.content["metrics"][key])) for p, r in ok
-                            if server.cgroup[p] == g and key in r.content["metrics"]]  # fmt: skip
+                    mine = [(float(server.info[u.pid]["n"]), float(u.metrics[key])) for u in ok
+                            if server.cgroup[u.pid] == g and key in u.metrics]  # fmt: skip
                     if mine:
                         rec[f"{key}:{name}"] = sum(n * v for n, v in mine) / sum(n for n, _ in mine)
         if a.static_dynamic and stacked is not None:
