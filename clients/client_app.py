@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 from clients import task
 from fedanchors.config import Config
 from fedanchors.configure import from_run_config
+from fedanchors.plugins import load_plugins
 
 _CONFIGS: dict[tuple[str, str], Config] = {}  # per process: the run config's Config, resolved once
 
@@ -44,6 +45,7 @@ def make_client_app(cfg: Config | None = None, state_dir: str | None = None) -> 
     app = ClientApp()
 
     def bind(context: Context) -> tuple[Config, str]:
+        load_plugins()  # a Ray worker or a SuperNode: the user's plugins register here too
         return (cfg if cfg is not None else _run_config(context)), state_location(context, state_dir)
 
     @app.train()

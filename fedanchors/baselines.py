@@ -22,25 +22,52 @@ runs on the same groups, population, budget and metrics. Settings a baseline doe
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
-from fedanchors.errors import ConfigError
+from fedanchors.registry import Registry
 
 NO_ANCHORS = {"lambda_fit": 0.0, "lambda_sep": 0.0}
 
-BASELINES: dict[str, dict] = {
-    "fedavg": {
+
+@dataclass(frozen=True)
+class Baseline:
+    """A named method: the settings merged over a config's (they win), and ``defaults``
+    merged under them (applied where the config leaves the key at ``none`` or unset)."""
+
+    settings: dict
+    defaults: dict = field(default_factory=dict)
+
+
+BASELINES: Registry[Baseline] = Registry("baseline")
+
+
+def baseline(name: str, settings: dict, defaults: dict | None = None) -> Baseline:
+    """Register ``settings`` (a nested mapping of config sections) as ``baseline: name``."""
+    return BASELINES.register(name)(Baseline(settings, defaults or {}))
+
+
+baseline(
+    "fedavg",
+    {
         "anchors": NO_ANCHORS,
         "method": {"name": "erm"},
         "federated": {"encoder_sharing": "space", "head_sharing": "global"},
         "dfr": {"enabled": False},
     },
-    "lg_fedavg": {
+    defaults={"data": {"common_input": "resize"}},
+)
+baseline(
+    "lg_fedavg",
+    {
         "anchors": NO_ANCHORS,
         "method": {"name": "erm"},
         "federated": {"encoder_sharing": "client", "head_sharing": "global"},
         "dfr": {"enabled": False},
     },
-    "fedproto": {
+)
+baseline(
+    "fedproto",
+    {
         "anchors": {
             "covariance": "none",
             "fit": "prototype",
@@ -52,27 +79,31 @@ BASELINES: dict[str, dict] = {
         "federated": {"encoder_sharing": "client", "head_sharing": "local"},
         "dfr": {"enabled": False},
     },
-    "flic_like": {
+)
+baseline(
+    "flic_like",
+    {
         "anchors": {"covariance": "diag", "fit": "w2", "update": "barycenter"},
         "method": {"name": "erm"},
         "federated": {"encoder_sharing": "client", "head_sharing": "global"},
     },
-    "fedanchors": {
+)
+baseline(
+    "fedanchors",
+    {
         "anchors": {"covariance": "full", "fit": "w2"},
         "method": {"name": "groupdro"},
         "federated": {"head_sharing": "global"},
     },
-    "fedanchors_private": {
+)
+baseline(
+    "fedanchors_private",
+    {
         "anchors": {"covariance": "full", "fit": "w2"},
         "method": {"name": "groupdro"},
         "federated": {"head_sharing": "global", "encoder_sharing": "client"},
     },
-}
-
-
-# settings a baseline needs but the config may choose among: merged *under* the config's
-# (fedavg needs one common input; the config may ask for ``pad`` instead of ``resize``)
-DEFAULTS: dict[str, dict] = {"fedavg": {"data": {"common_input": "resize"}}}
+)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -88,14 +119,9 @@ def _merge(base: dict, over: dict) -> dict:
 def apply_baseline(raw: dict) -> dict:
     """``raw`` with its ``baseline``'s settings merged over it (the baseline's win)."""
     name = raw["baseline"]
-    if name not in BASELINES:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), BASELINES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"baseline: unknown baseline {name!r}{hint}; valid: {', '.join(sorted(BASELINES))}")
-    merged = _merge(raw, BASELINES[name])
-    for section, values in DEFAULTS.get(name, {}).items():
+    b = BASELINES.get(str(name), "baseline")
+    merged = _merge(raw, b.settings)
+    for section, values in b.defaults.items():
         given = raw.get(section) or {}
         for key, default in values.items():
             if given.get(key, "none") == "none":

@@ -13,10 +13,13 @@ from fedanchors.baselines import apply_baseline
 from fedanchors.config import Config, apply_overrides, parse_config, read_yaml, to_dict
 from fedanchors.config_checks import validate
 from fedanchors.errors import ConfigError
+from fedanchors.plugins import load_plugins
 
 
 def from_dict(raw: dict) -> Config:
-    """Build and validate a Config from a plain nested mapping (a ``baseline``'s settings merged in)."""
+    """Build and validate a Config from a plain nested mapping (a ``baseline``'s settings merged
+    in); the plugins ``$FEDANCHORS_PLUGINS`` names are imported first (``fedanchors.plugins``)."""
+    load_plugins()
     if raw.get("baseline"):
         raw = apply_baseline(raw)
     cfg = parse_config(raw)

@@ -51,5 +51,9 @@ class Registry(Generic[T]):
         """Registered names, sorted."""
         return sorted(self._items)
 
+    def __iter__(self):
+        """Names in registration order (built-ins first, then plugins)."""
+        return iter(list(self._items))
+
     def __contains__(self, name: str) -> bool:
         return name in self._items
