@@ -1,4 +1,4 @@
-"""The cost of system 3's analyses: the same run with every analysis on at 10 chosen epochs
+"""The cost of the gap analyses: the same run with every analysis on at 10 chosen epochs
 (rounds) against the run with them off, side by side, alternating, each in a fresh process.
 
     python bench/bench_analysis.py [--config configs/colored_mnist.yaml] [--repeats 2]

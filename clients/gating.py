@@ -1,4 +1,4 @@
-"""The federated gate's ClientApp (system 4): each client is one group of the experts' runs.
+"""The federated gate's ClientApp (the long-tail gate): each client is one group of the experts' runs.
 
 It holds its own encoder of every expert run (read from the run, as its node would keep
 it) and its gating, validation and test data; the server sends the experts' heads, the

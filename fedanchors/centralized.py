@@ -117,7 +117,7 @@ class CentralizedTrainer:
             self.analysis_out.append(record)
         return out
 
-    # -- system 3's analyses (fedanchors.dynamics) -----------------------------------------
+    # -- the gap analyses (fedanchors.dynamics) -----------------------------------------
     def analysis_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per group, the full batch the analyses use: its training split, or its first
         ``analysis.max_examples`` in a fixed seeded order."""

@@ -140,10 +140,10 @@ class DataConfig:
     # resize | pad: every group brought to the largest channel count and pixel size among them
     # in one input space, ``common`` (one encoder for every client: FedAvg over heterogeneous
     # inputs); channels zero-padded, pixels by bilinear resize or by zero padding at the
-    # bottom and right (system 1's pad_to_max collate). "none": each group keeps its shape
+    # bottom and right (the pixel-size study's pad_to_max collate). "none": each group keeps its shape
     common_input: str = "none"
     # > 0: this share of each group's training split, per class (seeded), is held out as the
-    # ``gating`` split (system 4: experts train on the rest, a gate on it; fedanchors.gating)
+    # ``gating`` split (the long-tail gate: experts train on the rest, a gate on it; fedanchors.gating)
     gating_fraction: float = 0.0
     features: FeatureConfig = field(default_factory=FeatureConfig)
     options: dict[str, Any] = field(default_factory=dict)
@@ -259,7 +259,7 @@ class DFRConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """System 3's analyses (fedanchors.dynamics), each on or off, at chosen epochs / rounds."""
+    """The gap analyses (fedanchors.dynamics), each on or off, at chosen epochs / rounds."""
 
     gradient_basis: bool = False
     gap_dynamics: bool = False

@@ -1,4 +1,4 @@
-"""System 3's analyses of group performance gaps (``analysis:`` in the config), both modes.
+"""The gap analyses of group performance gaps (``analysis:`` in the config), both modes.
 
 At an analysed epoch (round) t, on the model entering it:
 
@@ -285,7 +285,7 @@ def plot_analysis(run: Path) -> Path | None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(unit)
         ax.legend(fontsize=6)
-    fig.suptitle(f"{Path(run).name}: system 3's analyses", fontsize=10)
+    fig.suptitle(f"{Path(run).name}: the gap analyses", fontsize=10)
     fig.tight_layout()
     out = Path(run) / "analysis.png"
     fig.savefig(out, dpi=110)

@@ -1,4 +1,4 @@
-"""Frozen feature extractors in front of the classifier (system 3's backbones), both modes.
+"""Frozen feature extractors in front of the classifier (the gap-analysis study's backbones), both modes.
 
 ``data.features`` replaces every group's inputs by the features of a frozen network, computed
 once and cached on disk (``data.features.cache``, one file per data config, backbone,

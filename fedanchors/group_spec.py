@@ -27,7 +27,7 @@ class ColourSpec:
 
 @dataclass(frozen=True)
 class DotsSpec:
-    """System 5's confounder: ``n`` fixed ``size`` x ``size`` dots (pattern from ``seed``) set
+    """The confounder-correction study's confounder: ``n`` fixed ``size`` x ``size`` dots (pattern from ``seed``) set
     to 1 on the images of ``classes`` (all when empty) in ``splits``; ``remove: true`` then
     zeroes the masked pixels (the user's correction of a dotted image)."""
 

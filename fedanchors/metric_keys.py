@@ -1,4 +1,4 @@
-"""Every key a run writes, with its one definition (the README's run-directory table).
+"""Every key a run writes, with its one definition (docs/configs.md, "What a run writes").
 
 Both modes write each key with the meaning below, so ``compare`` can overlay them. When a
 definition changes, ``METRICS_VERSION`` goes up: runs written under another version are

@@ -1,4 +1,4 @@
-"""NTP and muP for the MLP classifier (system 3's ``init: ntp | mup``).
+"""NTP and muP for the MLP classifier (the gap-analysis study's ``init: ntp | mup``).
 
 The classifier is the ``mlp`` encoder followed by the head: its first Linear is the input
 layer, the head's last Linear the output layer, every other Linear a hidden layer. Each

@@ -70,7 +70,7 @@ class FederatedTrainer:
 
     @property
     def analysis_out(self) -> list[dict]:
-        """System 3's finished analysis records (the loop writes and clears them)."""
+        """The gap-analysis study's finished analysis records (the loop writes and clears them)."""
         return self.server.analysis.out if self.server.analysis is not None else []
 
     def train(self, t: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The federated gate's server (system 4): one round per gate epoch over the Grid.
+"""The federated gate's server (the long-tail gate): one round per gate epoch over the Grid.
 
 Each client (one group of the experts' runs) trains the gate for ``federated.local_epochs``
 on its own gating data; the server averages the gates with the method's weights over the

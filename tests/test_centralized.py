@@ -59,7 +59,7 @@ def test_digits_default_reaches_target(tmp_path):
 
 @pytest.mark.slow
 def test_mnist_hetero_real_data(tmp_path, shared_data):
-    """System 1 on the shared MNIST files (4 of the config's 8 epochs, to keep CI short)."""
+    """The pixel-size study on the shared MNIST files (4 of the config's 8 epochs, to keep CI short)."""
     cfg = load_config(
         REPO / "configs" / "mnist_hetero.yaml",
         [f"out_dir={tmp_path}", "progress=false", f"data.root={shared_data}", "optim.epochs=4"],

@@ -1,4 +1,4 @@
-"""System 3's analyses: the gradient-flow prediction of each group's loss change against the
+"""The gap analyses: the gradient-flow prediction of each group's loss change against the
 observed change (both modes), the basis maths, Jacobian norms, and the run files."""
 
 from __future__ import annotations

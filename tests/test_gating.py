@@ -1,4 +1,4 @@
-"""System 4: long-tail losses, the gating split, the gate's features, routing, losses,
+"""The long-tail gate: long-tail losses, the gating split, the gate's features, routing, losses,
 schedules, selection, and the gate over real expert runs in both modes."""
 
 from __future__ import annotations

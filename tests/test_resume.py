@@ -102,7 +102,7 @@ def test_ctrl_c_stops_after_a_checkpoint_and_resumes_exactly(centralized):
 
 @pytest.mark.slow
 def test_federated_resume_after_sigkill_is_exact(tmp_path):
-    # with system 3's gap dynamics on: a round's record waits for the next round's losses,
+    # with the gap-analysis study's gap dynamics on: a round's record waits for the next round's losses,
     # and that pending record survives the kill
     analysis = {"gap_dynamics": True, "gradient_basis": True}
     cfg = small_config(

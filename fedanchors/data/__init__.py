@@ -126,7 +126,7 @@ def carve_gating(data: ScenarioData, fraction: float, seed: int) -> ScenarioData
 def to_common_input(data: ScenarioData, how: str = "resize") -> ScenarioData:
     """``data.common_input``: every group at the largest channel count and pixel size among
     them, all in the one input space ``common``: channels zero-padded; pixels by bilinear
-    resize (``resize``) or by zero padding at the bottom and right (``pad``, as system 1's
+    resize (``resize``) or by zero padding at the bottom and right (``pad``, as the pixel-size study's
     ``pad_to_max_collate``: the original pixels untouched, at the top left)."""
     import torch
     import torch.nn.functional as F

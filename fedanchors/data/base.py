@@ -46,7 +46,7 @@ class GroupData:
     val: Split
     test: Split
     meta: dict = field(default_factory=dict)  # e.g. a text group's vocab_size and vocab
-    gating: Split | None = None  # data.gating_fraction > 0: held out of train for a gate (system 4)
+    gating: Split | None = None  # data.gating_fraction > 0: held out of train for a gate (the long-tail gate)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""Long-tailed MNIST with head / tail groups split at a class boundary (system 4's grouping)."""
+"""Long-tailed MNIST with head / tail groups split at a class boundary (the long-tail gate's grouping)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def digits(o: DigitsOptions) -> list[dict]:
 
 @preset("mnist_hetero", MnistHeteroOptions)
 def mnist_hetero(o: MnistHeteroOptions) -> list[dict]:
-    """System 1: MNIST at 28x28 and resized to 32x32, each its own input space."""
+    """The pixel-size study: MNIST at 28x28 and resized to 32x32, each its own input space."""
     fractions = group_fractions(o.fractions, ["mnist28", "mnist32"])
     opts = {} if o.pool else {"options": {"pool": False}}
     return [
@@ -66,7 +66,7 @@ def mnist_hetero(o: MnistHeteroOptions) -> list[dict]:
 
 @preset("mnist_audio", MnistAudioOptions)
 def mnist_audio(o: MnistAudioOptions) -> list[dict]:
-    """System 2: group ``image`` (MNIST 28x28) and group ``audio`` (FSDD log-mel), same digits."""
+    """The two-modality study: group ``image`` (MNIST 28x28) and group ``audio`` (FSDD log-mel), same digits."""
     if not 0 < o.image_fraction <= 1:
         raise ConfigError(f"data.options.image_fraction must be in (0, 1], got {o.image_fraction}")
     features = {"kind": "log_mel", "n_mels": o.n_mels, "n_fft": o.n_fft, "hop": o.hop}

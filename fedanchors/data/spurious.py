@@ -1,4 +1,5 @@
-"""Majority / minority groups from MNIST: ColoredMNIST (system 3) and confounded MNIST (system 5).
+"""Majority / minority groups from MNIST: ColoredMNIST (the gap-analysis study) and confounded
+MNIST (the confounder-correction study).
 
 Every group here shares one input space (one encoder): the groups are defined with the
 class label, which is unknown at test time, so they serve training weights and metrics only.
@@ -117,7 +118,7 @@ class ConfoundedMnistOptions:
 
 @scenario("confounded_mnist", ConfoundedMnistOptions)
 def confounded_mnist(cfg: DataConfig) -> ScenarioData:
-    """System 5: group ``confounded`` (every target-class image dotted) and group ``corrected``.
+    """The confounder-correction study: group ``confounded`` (every target-class image dotted) and group ``corrected``.
 
     ``corrected`` holds N training images of the target class with the dots removed,
     i.e. the masked pixels zeroed. Validation and test are clean MNIST: the clean

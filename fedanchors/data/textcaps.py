@@ -110,7 +110,7 @@ def _captions(labelled, ids) -> tuple[list[str], torch.Tensor]:
 
 @scenario("textcaps", TextCapsOptions)
 def textcaps(cfg: DataConfig) -> ScenarioData:
-    """System 2: an ``image`` group and a ``text`` group over TextCaps' top-K classes."""
+    """The two-modality study: an ``image`` group and a ``text`` group over TextCaps' top-K classes."""
     o = scenario_options(TextCapsOptions, cfg)
     if o.tokens not in ("word", "char"):
         raise ConfigError(f"data.options.tokens must be word or char, got {o.tokens!r}")

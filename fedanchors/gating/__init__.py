@@ -1,1 +1,1 @@
-"""System 4: a gating network over long-tail experts (``python -m fedanchors.gating``)."""
+"""The long-tail gate: a gating network over long-tail experts (``python -m fedanchors.gating``)."""

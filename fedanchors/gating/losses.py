@@ -1,4 +1,4 @@
-"""The gate's losses (system 4), each with its own switch and lambda in ``gating.loss``.
+"""The gate's losses (the long-tail gate), each with its own switch and lambda in ``gating.loss``.
 
 posteriors (B, E, C) = softmax of each expert's logits, weights w (B, E) from the router,
 labels y (B,). The mixture posterior is m = sum_e w_e p_e.

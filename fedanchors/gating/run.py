@@ -1,6 +1,6 @@
 """The gate's run: experts made ready, the epoch loop of both modes, selection, the run folder.
 
-Splits (system 4): the experts trained on the ``expert`` split (their runs'
+Splits (the long-tail gate): the experts trained on the ``expert`` split (their runs'
 ``data.gating_fraction`` held 10% of each class out of training); the gate trains on that
 ``gating`` split, is selected on validation balanced accuracy (the mean of head and tail
 accuracy) and reported on test.

@@ -1,4 +1,4 @@
-"""System 3's model options: the MLP classifier (layers, NTP / muP, MSE), frozen backbones with
+"""The gap-analysis study's model options: the MLP classifier (layers, NTP / muP, MSE), frozen backbones with
 cached features (a saved ResNet-18 state dict, an earlier run's encoders), DFR on any layer."""
 
 from __future__ import annotations
