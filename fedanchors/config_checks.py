@@ -181,7 +181,7 @@ def _check_registered(cfg: Config) -> None:
     from fedanchors.data import check_data_config, resolve_groups
 
     check_data_config(cfg.data)
-    for i, g in enumerate(resolve_groups(cfg.data) or ()):
+    for i, g in enumerate(resolve_groups(cfg.data)):
         if g.partition is not None:
             population.PARTITIONERS.get(g.partition.kind, f"data.groups[{i}].partition.kind")
     methods.METHODS.get(cfg.method.name, "method.name")

@@ -126,11 +126,14 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which groups (a named scenario or preset, or ``groups`` written out), where the files are,
-    and how each group is split."""
+    """Which groups (``groups`` written out, or a named group list: ``scenario``), where the
+    files are, and how each group is split."""
 
-    scenario: str = ""  # "" with no groups: digits
+    # a named group list, fedanchors/data/presets/<scenario>.yaml ("" with no groups: digits)
+    scenario: str = ""
     groups: tuple[GroupSpec, ...] = ()  # groups written in YAML (fedanchors.group_spec)
+    # named class subsets, each reported as ``acc_<name>`` over every test example of its classes
+    class_sets: dict[str, tuple[int, ...]] = field(default_factory=dict)
     root: str = ""  # "" -> $FEDANCHORS_DATA, else ../shared/data
     download: bool = False
     split_seed: int = 0
@@ -146,7 +149,6 @@ class DataConfig:
     # ``gating`` split (the long-tail gate: experts train on the rest, a gate on it; fedanchors.gating)
     gating_fraction: float = 0.0
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

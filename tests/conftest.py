@@ -41,3 +41,28 @@ def small_config(tmp_path: Path, **sections) -> Config:
         else:
             raw[name] = values
     return from_dict(raw)
+
+
+def named_groups(name: str, **options) -> list[dict]:
+    """The groups of the named list ``fedanchors/data/presets/<name>.yaml`` as plain dicts, each
+    with ``options`` merged into its source options (e.g. a Waterbirds image size)."""
+    import yaml
+
+    from fedanchors.data import PRESETS_DIR
+
+    groups = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())["groups"]
+    return [{**g, "options": {**g.get("options", {}), **options}} if options else g for g in groups]
+
+
+def data_config(groups: list[dict], **fields):
+    """A DataConfig of ``groups`` (plain dicts) and other ``data`` fields, parsed and checked."""
+    return from_dict({"data": {"groups": groups, **fields}}).data
+
+
+def digits_groups(sizes=(8, 16), fractions=(0.5, 0.5)) -> list[dict]:
+    """The default's two UCI digits groups (``digits8``, ``digits16``) at the given pixel sizes
+    and shares; equal sizes put both in one input space (one shared encoder)."""
+    return [
+        {"name": n, "source": "uci_digits", "fraction": f, "resize": s, "space": f"px{s}"}
+        for n, s, f in zip(("digits8", "digits16"), sizes, fractions)
+    ]

@@ -15,7 +15,7 @@ from fedanchors.evaluate import evaluate_run
 from fedanchors.rundir import RunDir
 from fedanchors.simulate import run
 
-from .conftest import REPO, small_config
+from .conftest import REPO, digits_groups, small_config
 from .flower_harness import run_rounds
 
 
@@ -95,7 +95,7 @@ def test_both_modes_write_the_same_metrics_where_the_maths_coincide(tmp_path, me
         anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
         method={"name": method, "eta": 1.0},
         optim={"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "grad_clip": 0.0},
-        data={"max_per_group": 150, "options": {"sizes": {"digits8": 8, "digits16": 8}}},
+        data={"max_per_group": 150, "groups": digits_groups(sizes=(8, 8))},
         federated={"rounds": 3, "local_steps": 1},
     )
     common["optim"].update(batch_size=100000, epochs=3)

@@ -1,4 +1,4 @@
-"""Majority / minority scenarios: exact group construction, Waterbirds loader, fixed-ratio batches."""
+"""Majority / minority groups: their sources' exact construction, Waterbirds loader, fixed-ratio batches."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from fedanchors.centralized import CentralizedTrainer
 from fedanchors.config import DataConfig, to_dict
 from fedanchors.configure import from_dict
 from fedanchors.data import build_scenario
-from fedanchors.data.longtail import longtail_counts
 from fedanchors.data.mnist import mnist_pool
-from fedanchors.data.spurious import colour_environment, dot_mask
+from fedanchors.data.sources.mnist_lt import longtail_counts
+from fedanchors.data.spurious import colour_environment
+from fedanchors.data.transforms import dot_mask
 from fedanchors.errors import DataError
 from fedanchors.metrics import summarize
-from tests.conftest import small_config
+from tests.conftest import data_config, named_groups, small_config
 from tests.fixtures import make_waterbirds
 from tests.test_config import assert_one_line_error, cli
 
@@ -52,7 +53,7 @@ def test_colored_mnist_groups(shared_data):
 
 
 def test_confounded_mnist_dots_and_correction(shared_data):
-    cfg = DataConfig(scenario="confounded_mnist", root=str(shared_data), options={"corrected": 100})
+    cfg = DataConfig(scenario="confounded_mnist", root=str(shared_data))  # 100 corrected images
     data = build_scenario(cfg)
     conf, corr = data.groups
     mask = dot_mask(28, 6, 2, 0)
@@ -71,7 +72,7 @@ def test_confounded_mnist_dots_and_correction(shared_data):
 
 
 def test_mnist_lt_counts_follow_the_profile(shared_data):
-    cfg = DataConfig(scenario="mnist_lt", root=str(shared_data), options={"imbalance": 100, "head_classes": 5})
+    cfg = DataConfig(scenario="mnist_lt", root=str(shared_data))  # imbalance 100, head classes 0-4
     data = build_scenario(cfg)
     head, tail = data.groups
     counts = torch.bincount(torch.cat([head.train.y, tail.train.y]), minlength=10).tolist()
@@ -93,7 +94,7 @@ def test_class_sets_in_summaries():
 
 def test_waterbirds_loader_on_its_fixture(tmp_path):
     root = make_waterbirds(tmp_path, per_cell=2)
-    data = build_scenario(DataConfig(scenario="waterbirds", root=str(root), options={"size": 16}))
+    data = build_scenario(data_config(named_groups("waterbirds", size=16), root=str(root)))
     assert data.names == ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
     for k, g in enumerate(data.groups):
         bird = k // 2
@@ -124,7 +125,7 @@ def test_waterbirds_corrupt_image_is_named(tmp_path):
 def test_waterbirds_trains_a_resnet18(tmp_path):
     root = make_waterbirds(tmp_path, per_cell=3)
     raw = to_dict(small_config(tmp_path))
-    raw["data"] = {"scenario": "waterbirds", "root": str(root), "options": {"size": 32}}
+    raw["data"] = {"groups": named_groups("waterbirds", size=32), "root": str(root)}
     raw["model"]["encoder"] = {"kind": "resnet18"}
     raw["optim"].update(epochs=2, batch_size=8)
     tr = CentralizedTrainer(from_dict(raw), build_scenario(from_dict(raw).data))
@@ -138,7 +139,7 @@ def test_waterbirds_trains_a_resnet18(tmp_path):
 
 def test_fixed_ratio_batches(shared_data, tmp_path):
     raw = to_dict(small_config(tmp_path))
-    raw["data"] = {"scenario": "confounded_mnist", "root": str(shared_data), "options": {"corrected": 100}}
+    raw["data"] = {"scenario": "confounded_mnist", "root": str(shared_data)}
     raw["optim"]["group_batch"] = {"confounded": 60, "corrected": 4}
     cfg = from_dict(raw)
     data = build_scenario(cfg.data)

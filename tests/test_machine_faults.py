@@ -60,7 +60,7 @@ def test_names_in_other_keys_and_registries_are_checked(tmp_path):
     from fedanchors.data.base import GroupData, ScenarioData, Split
 
     s = Split(torch.zeros(1, 1), torch.zeros(1, dtype=torch.int64))
-    with pytest.raises(ConfigError, match="group 'p/q'"):  # a Python scenario's own names too
+    with pytest.raises(ConfigError, match="group 'p/q'"):  # data built in Python (a test, a library user) too
         ScenarioData([GroupData("p/q", "px8", s, s, s)], 10)
 
 

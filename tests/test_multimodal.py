@@ -16,7 +16,7 @@ from fedanchors.data.text import build_vocab, encode, tokenize
 from fedanchors.errors import DataError
 from fedanchors.samples import save_group_samples
 
-from .conftest import small_config
+from .conftest import named_groups, small_config
 from .fixtures import CLASSES, make_textcaps
 from .test_config import assert_one_line_error, cli
 
@@ -115,12 +115,7 @@ def test_textcaps_loader_on_fixture(tmp_path):
     make_textcaps(tmp_path)
     cfg = small_config(
         tmp_path,
-        data={
-            "scenario": "textcaps",
-            "root": str(tmp_path),
-            "max_per_group": 0,
-            "options": {"top_k": 3, "image_size": 16},
-        },
+        data={"groups": named_groups("textcaps", top_k=3, image_size=16), "root": str(tmp_path), "max_per_group": 0},
     )
     data = build_scenario(cfg.data)
     image, text = data.groups
@@ -143,7 +138,7 @@ def test_textcaps_missing_annotations(tmp_path):
 
 def test_sample_files_written(tmp_path, shared_data):
     make_textcaps(tmp_path)
-    cfg = small_config(tmp_path, data={"scenario": "textcaps", "root": str(tmp_path), "options": {"top_k": 3}})
+    cfg = small_config(tmp_path, data={"groups": named_groups("textcaps", top_k=3), "root": str(tmp_path)})
     written = save_group_samples(build_scenario(cfg.data), tmp_path)
     names = sorted(p.name for p in written)
     assert names == ["samples_image.png", "samples_text.txt", "vocab_text.json"]

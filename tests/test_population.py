@@ -11,7 +11,7 @@ from fedanchors.data import build_scenario
 from fedanchors.population import PARTITIONERS, build_population, drop_out, sample_clients
 from server.strategy import FedAnchors
 
-from .conftest import small_config
+from .conftest import digits_groups, small_config
 from .flower_harness import InProcessGrid, run_rounds, train_rounds
 from .test_config import assert_one_line_error, cli
 from .test_strategy import mock_replies
@@ -197,7 +197,7 @@ def test_client_level_metrics_in_both_modes(tmp_path):
         anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
         method={"name": "erm"},
         optim={"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "grad_clip": 0.0, "batch_size": 10**5},
-        data={"max_per_group": 300, "options": {"sizes": {"digits8": 8, "digits16": 8}}},
+        data={"max_per_group": 300, "groups": digits_groups(sizes=(8, 8))},
         federated={"rounds": 2, "local_steps": 1, "clients": 3, "partition": "dirichlet"},
     )
     common["optim"]["epochs"] = 2

@@ -1,4 +1,4 @@
-"""Every registered encoder, head, separation loss, method and scenario builds and steps."""
+"""Every registered encoder, head, separation loss and method, and every named group list, builds and steps."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import torch
 
 from fedanchors.centralized import CentralizedTrainer
 from fedanchors.config import EncoderConfig, ModelConfig
-from fedanchors.data import SCENARIOS, build_scenario
+from fedanchors.data import build_scenario, presets
 from fedanchors.losses import SEPARATIONS
 from fedanchors.methods import METHODS
 from fedanchors.models import ENCODERS, HEADS, build_anchors, build_encoder, build_head
 
-from .conftest import small_config
+from .conftest import named_groups, small_config
 from .fixtures import make_textcaps, make_waterbirds
 
 TEXT = {"bow_mlp", "char_cnn", "transformer"}
@@ -64,15 +64,14 @@ def test_heads_and_separations(head, sep):
     assert torch.isfinite(loss) and torch.isfinite(anchors.means.grad).all()
 
 
-def scenario_config(tmp_path, name, data_root):
-    return small_config(tmp_path, data={"scenario": name, "root": str(data_root), "max_per_group": 150})
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS.names())
-@pytest.mark.parametrize("method", METHODS.names())
-def test_scenario_and_method_take_three_finite_steps(tmp_path, scenario, method, shared_data):
+@pytest.mark.parametrize(
+    "scenario,method",
+    [(p, "groupdro") for p in presets()] + [("digits", m) for m in METHODS.names() if m != "groupdro"],
+)
+def test_named_list_and_method_take_three_finite_steps(tmp_path, scenario, method, shared_data):
     root = shared_data
     extra = {}
+    data = {"scenario": scenario}
     if scenario == "textcaps":  # not downloadable here: a generated fixture in the official layout
         make_textcaps(tmp_path)
         root = tmp_path
@@ -85,9 +84,9 @@ def test_scenario_and_method_take_three_finite_steps(tmp_path, scenario, method,
         }
     if scenario == "waterbirds":  # not available here either: a generated fixture in its layout
         root = make_waterbirds(tmp_path, per_cell=4)
-    cfg = scenario_config(tmp_path, scenario, root)
-    data_cfg = dict(cfg.data.__dict__, options={"size": 16} if scenario == "waterbirds" else {})
-    cfg = small_config(tmp_path, data=data_cfg, method={"name": method}, **extra)
+        data = {"groups": named_groups("waterbirds", size=16)}
+    data |= {"root": str(root), "max_per_group": 150}
+    cfg = small_config(tmp_path, data=data, method={"name": method}, **extra)
     data = build_scenario(cfg.data)
     assert len(data.groups) >= 2 and len({g.space for g in data.groups}) >= 1
     tr = CentralizedTrainer(cfg, data)
@@ -114,12 +113,11 @@ def test_mnist_pool_option(tmp_path, shared_data):
     """pool: true splits the files present; pool: false demands both official files."""
     from fedanchors.errors import DataError
 
-    cfg = small_config(tmp_path, data={"scenario": "mnist_hetero", "root": str(shared_data), "max_per_group": 0})
+    hetero = {"root": str(shared_data), "max_per_group": 0}
+    cfg = small_config(tmp_path, data={"scenario": "mnist_hetero", **hetero})
     data = build_scenario(cfg.data)
     assert [g.shape for g in data.groups] == [(1, 28, 28), (1, 32, 32)]
     assert sum(len(s) for g in data.groups for s in (g.train, g.val, g.test)) == 10000
-    cfg = small_config(
-        tmp_path, data={"scenario": "mnist_hetero", "root": str(shared_data), "options": {"pool": False}}
-    )
+    cfg = small_config(tmp_path, data={"groups": named_groups("mnist_hetero", pool=False), **hetero})
     with pytest.raises(DataError, match="needs both official MNIST files"):
         build_scenario(cfg.data)

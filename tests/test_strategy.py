@@ -20,7 +20,7 @@ from fedanchors.losses import anchor_fit_objective
 from fedanchors.models import build_anchors, build_encoder
 from server.strategy import FedAnchors
 
-from .conftest import small_config
+from .conftest import digits_groups, small_config
 from .flower_harness import InProcessGrid, run_rounds, train_rounds
 
 
@@ -53,7 +53,7 @@ def test_head_weights_and_q_update(tmp_path, method):
         tmp_path,
         method={"name": method, "eta": 0.5, "lambdas": {"digits16": 3.0}},
         anchors={"lambda_sep": 0.0},
-        data={"max_per_group": 0, "options": {"fractions": {"digits8": 0.7, "digits16": 0.3}}},
+        data={"max_per_group": 0, "groups": digits_groups(fractions=(0.7, 0.3))},
     )
     strategy = FedAnchors(cfg, 2, 10)
     grid = InProcessGrid(cfg, 2)
@@ -140,7 +140,7 @@ def test_private_encoders_never_travel(tmp_path):
 
 def test_shared_space_encoder_is_averaged(tmp_path):
     cfg = small_config(
-        tmp_path, federated={"rounds": 1, "local_steps": 1}, data={"options": {"sizes": {"digits8": 8, "digits16": 8}}}
+        tmp_path, federated={"rounds": 1, "local_steps": 1}, data={"groups": digits_groups(sizes=(8, 8))}
     )
     strategy, grid, _ = run_rounds(cfg, 2)
     assert list(strategy.encoders) == ["px8"]

@@ -1,9 +1,10 @@
-"""Groups written in YAML: presets build the old scenarios' exact tensors, user group lists
+"""Groups written in YAML: every shipped config builds the data it always built, user group lists
 (four sources and modalities, a ColoredMNIST-style minority from transforms) train in both
 modes, and every malformed list is one line at load, before any data is read."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,64 +17,91 @@ from fedanchors.data import build_scenario
 from fedanchors.data.sources import Pool, SourceData, source
 from fedanchors.errors import ConfigError
 from fedanchors.population import build_population
-from tests import legacy_scenarios  # noqa: F401  (registers legacy_<name>: the reference)
 from tests.conftest import REPO
 from tests.fixtures import make_textcaps, make_waterbirds
 from tests.test_config import assert_one_line_error, cli
 
-CASES = [
-    ("digits", ()),
-    ("digits", ("data.max_per_group=300", "data.split_seed=3")),
-    ("mnist_hetero", ()),
-    ("digits_3way", ()),
-    ("mnist_audio", ()),
-    ("mnist_audio", ("data.max_per_group=200",)),
-]
+REFERENCE = json.loads((Path(__file__).parent / "data_reference.json").read_text())
 
 
-def _same(a, b) -> None:
-    assert a.num_classes == b.num_classes and a.names == b.names
-    for ga, gb in zip(a.groups, b.groups):
-        assert ga.space == gb.space, ga.name
+def summary(data) -> dict:
+    """Shapes, a label hash and three sums (plain, squared, row-position weighted: order counts)
+    of every split: what ``tests/data_reference.json`` recorded."""
+    groups = []
+    for g in data.groups:
+        rec = {"name": g.name, "space": g.space}
         for s in ("train", "val", "test"):
-            sa, sb = getattr(ga, s), getattr(gb, s)
-            assert torch.equal(sa.x, sb.x) and torch.equal(sa.y, sb.y), (ga.name, s)
+            x, y = getattr(g, s).x, getattr(g, s).y
+            xd = x.double().reshape(len(x), -1)
+            rec[s] = {"shape": list(x.shape), "labels": hashlib.sha256(y.numpy().tobytes()).hexdigest()[:16],
+                      "sum": float(xd.sum()), "sq": float((xd**2).sum()),
+                      "rows": float((xd.sum(1) * torch.arange(1, len(x) + 1, dtype=torch.float64)).sum())}  # fmt: skip
+        groups.append(rec)
+    return {"num_classes": data.num_classes, "class_sets": data.class_sets, "groups": groups}
 
 
-@pytest.mark.parametrize("name,sets", CASES)
-def test_presets_build_the_old_scenarios_exactly(name, sets, request):
-    """Each preset builds bit for bit what its scenario function built before it became a
-    preset (``tests/legacy_scenarios.py`` keeps those functions as the reference)."""
+def _close(a, b, where="") -> None:
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b), where
+        for k in a:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-9), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_shipped_configs_build_the_data_they_always_built(name, request):
+    """Every shipped config's groups, now all from ``data.groups``, build what the retired Python
+    scenarios and presets built: ``tests/data_reference.json`` was recorded from those functions
+    (commit 8c916ec) before they were removed; bit-for-bit equality was checked then too."""
+    root = (
+        []
+        if name.startswith("digits") and "3way" not in name
+        else [f"data.root={request.getfixturevalue('shared_data')}"]
+    )
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", root)
+    assert cfg.data.groups and not cfg.data.scenario  # one way to define data
+    _close(summary(build_scenario(cfg.data)), REFERENCE[name], name)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist_hetero", "mnist_lt", "femnist", "confounded_mnist"])
+def test_named_group_lists_build_what_their_configs_do(name, request):
+    """``data.scenario: <name>`` (a YAML group list in fedanchors/data/presets/) builds the same
+    groups as the shipped config of that name with the list's options."""
     root = [] if name == "digits" else [f"data.root={request.getfixturevalue('shared_data')}"]
-    cfg = load_config(REPO / "configs" / f"{name}.yaml", [*sets, *root])
-    legacy = load_config(REPO / "configs" / f"{name}.yaml", [*sets, *root, f"data.scenario=legacy_{name}"])
-    _same(build_scenario(cfg.data), build_scenario(legacy.data))
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", root)
+    fractions = [f"data.{k}={getattr(cfg.data, k)}" for k in ("val_fraction", "test_fraction")]
+    named = load_config(None, [f"data.scenario={name}", *root, *fractions])
+    _close(summary(build_scenario(named.data)), summary(build_scenario(cfg.data)), name)
 
 
-def test_digits_config_gives_the_same_test_metrics(tmp_path):
-    """configs/digits.yaml (3 epochs) through the preset and through the old scenario function:
-    the same summary, key for key."""
-    from fedanchors.simulate import run
-
-    out = {}
-    for scen in ("digits", "legacy_digits"):
-        sets = ["optim.epochs=3", f"out_dir={tmp_path}", f"name={scen}", f"data.scenario={scen}", "progress=false"]
-        out[scen] = run(load_config(REPO / "configs" / "digits.yaml", sets))
-    keys = [k for k in out["digits"] if k.startswith("test_")]
-    assert len(keys) >= 6 and all(out["digits"][k] == out["legacy_digits"][k] for k in keys)
-    assert out["digits"]["best_epoch"] == out["legacy_digits"]["best_epoch"]
+def test_named_colored_mnist_is_the_papers_resolution(shared_data):
+    """The ColoredMNIST list keeps the source's default stride 2 (the paper's 14x14); the shipped
+    configs draw at 28x28 (``options: {stride: 1}``), the same four cells."""
+    data = build_scenario(load_config(None, ["data.scenario=colored_mnist", f"data.root={shared_data}"]).data)
+    assert data.names == [g["name"] for g in REFERENCE["colored_mnist"]["groups"]]
+    assert [g.shape for g in data.groups] == [(2, 14, 14)] * 4
+    assert [g.meta["majority"] for g in data.groups] == [True, False, False, True]
 
 
-def test_print_config_writes_a_preset_out_and_runs_the_same_data(tmp_path):
-    res = cli("--config", "configs/digits.yaml", "--print-config", "--set", "data.root=/nonexistent")
+def test_print_config_writes_a_named_list_out_and_runs_the_same_data(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: bare\ndata: {scenario: digits}\n")
+    res = cli("--config", str(bare), "--print-config", "--set", "data.root=/nonexistent")
     assert res.returncode == 0, res.stderr
-    assert "is a preset" in res.stdout
+    assert "is a named group list" in res.stdout
     raw = yaml.safe_load(res.stdout)
     assert raw["data"]["scenario"] == "" and [g["source"] for g in raw["data"]["groups"]] == ["uci_digits"] * 2
     printed = tmp_path / "printed.yaml"
     printed.write_text(res.stdout)
     cfg = load_config(printed, ["data.root="])
-    _same(build_scenario(cfg.data), build_scenario(load_config(REPO / "configs" / "digits.yaml").data))
+    _close(summary(build_scenario(cfg.data)), REFERENCE["digits"])
 
 
 FOUR = """
@@ -277,10 +305,23 @@ BAD = [
     ({"groups": [{"name": "a", "source": "mnist", "speakers": ["jackson"]}]}, ["data.groups[0].speakers", "neither"]),
     ({"groups": [{"name": "a", "source": "uci_digits", "features": {}}]}, ["features", "audio groups"]),
     ({"groups": [{"name": "a", "source": "mnist", "options": {"pol": True}}]}, ["data.groups[0].options.pol", "pool"]),
-    ({"scenario": "colored_mnist", "options": {"agreemnt": [0.9]}}, ["data.options.agreemnt", "agreement"]),
-    ({"scenario": "digits", "options": {"fraction": {}}}, ["data.options.fraction", "fractions"]),
+    (
+        {"groups": [{"name": "a", "source": "colored_mnist", "options": {"agreemnt": [0.9]}}]},
+        ["options.agreemnt", "agreement"],
+    ),
+    ({"scenario": "digits", "options": {"fractions": {}}}, ["data.options", "unknown"]),
+    (
+        {
+            "groups": [
+                {"name": "a", "source": "mnist_lt", "fraction": 1, "classes": [0, 1]},
+                {"name": "b", "source": "mnist_lt", "fraction": 1, "classes": [1, 2]},
+            ]
+        },
+        ["groups a and b", "overlap"],
+    ),  # fmt: skip
+    ({"scenario": "digits", "class_sets": {"big": [10]}}, ["data.class_sets.big", "0..9"]),
     ({"scenario": "digits", "groups": [{"name": "a", "source": "mnist"}]}, ["both set"]),
-    ({"scenario": "colord_mnist"}, ["data.scenario", "'colored_mnist'"]),
+    ({"scenario": "colord_mnist"}, ["data.scenario", "'colored_mnist'", "shipped"]),
 ]
 
 

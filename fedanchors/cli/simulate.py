@@ -246,23 +246,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def resolved_yaml(cfg: Config) -> str:
-    """The config as YAML with its groups written out: a preset (``data.scenario: digits``)
-    becomes the ``data.groups`` it expands to, so the printed file runs the same data."""
+    """The config as YAML with its groups written out: a named group list (``data.scenario:
+    digits``) becomes the ``data.groups`` and ``data.class_sets`` it holds, so the printed file
+    runs the same data."""
     import yaml
 
-    from fedanchors.data import check_groups, resolve_groups, scenario_name
+    from fedanchors.data import check_groups, class_sets, resolve_groups, scenario_name
     from fedanchors.group_spec import compact
 
     d = to_dict(cfg)
     groups = resolve_groups(cfg.data)
     head = f"# resolved config of {cfg.name or 'the defaults'}"
-    if groups is None:
-        head += f"\n# data.scenario {scenario_name(cfg.data)} is a Python scenario (no group list to print)"
-    else:
-        if not cfg.data.groups:
-            head += f"\n# data.scenario {scenario_name(cfg.data)} is a preset; its groups are written out below"
-        spaces = check_groups(groups)  # each group's input space, derived where not given
-        d["data"].update(scenario="", options={}, groups=[{**compact(g), "space": spaces[g.name][0]} for g in groups])
+    if not cfg.data.groups:
+        head += f"\n# data.scenario {scenario_name(cfg.data)} is a named group list; its groups are written out below"
+    spaces = check_groups(groups)  # each group's input space, derived where not given
+    d["data"].update(
+        scenario="",
+        groups=[{**compact(g), "space": spaces[g.name][0]} for g in groups],
+        class_sets={k: list(v) for k, v in class_sets(cfg.data).items()},
+    )
     return head + "\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=120)
 
 

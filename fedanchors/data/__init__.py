@@ -1,33 +1,21 @@
-"""Scenarios: real datasets split into groups. Importing this fills ``SCENARIOS``, ``PRESETS``
-and ``SOURCES``.
-
-A run's groups come from ``data.groups`` (written in YAML, ``fedanchors.data.groups``), or
-from ``data.scenario``: a preset (a named group list) or a Python scenario.
+"""A run's data: groups built from ``data.groups`` (written in YAML, ``fedanchors.data.groups``)
+or from a named group list, ``data.scenario`` (a YAML file in ``fedanchors/data/presets/``,
+the same list a user could write). Importing this fills ``SOURCES``.
 """
 
 import difflib
+from pathlib import Path
 
-from fedanchors.config import build_section
-from fedanchors.data import digits, femnist, longtail, mnist, multimodal, spurious, textcaps, waterbirds  # noqa: F401
-from fedanchors.data.base import (
-    SCENARIO_OPTIONS,
-    SCENARIOS,
-    GroupData,
-    ScenarioData,
-    Split,
-    check_finite_rows,
-    check_labels,
-    data_root,
-)
-from fedanchors.data.groups import build_groups, check_groups, parse_groups
-from fedanchors.data.presets import PRESETS
+from fedanchors.config import read_yaml
+from fedanchors.data.base import GroupData, ScenarioData, Split, check_finite_rows, check_labels, data_root
+from fedanchors.data.groups import build_groups, check_groups, parse_groups, source_options
 from fedanchors.data.sources import SOURCES
 from fedanchors.errors import ConfigError
 from fedanchors.group_spec import GroupSpec
+from fedanchors.names import check_name
 
 __all__ = [
-    "PRESETS",
-    "SCENARIOS",
+    "PRESETS_DIR",
     "SOURCES",
     "GroupData",
     "ScenarioData",
@@ -35,68 +23,82 @@ __all__ = [
     "build_scenario",
     "check_data_config",
     "data_root",
+    "presets",
     "resolve_groups",
 ]
 
 DEFAULT_SCENARIO = "digits"
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    """The named group lists shipped in ``fedanchors/data/presets/``."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def scenario_name(cfg) -> str:
     return cfg.scenario or DEFAULT_SCENARIO
 
 
-def resolve_groups(cfg) -> tuple[GroupSpec, ...] | None:
-    """The group list the data config declares (a preset expanded), or None for a Python scenario."""
+def preset(name: str) -> dict:
+    """The ``groups`` (and ``class_sets``) of the named group list; an unknown name is one line."""
+    if name not in presets():
+        close = difflib.get_close_matches(name, presets(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"data.scenario: no group list named {name!r}{hint}; shipped: {', '.join(presets())}, or write data.groups"
+        )
+    raw = read_yaml(PRESETS_DIR / f"{name}.yaml") or {}
+    unknown = sorted(set(raw) - {"groups", "class_sets"})
+    if unknown:
+        raise ConfigError(f"{PRESETS_DIR / name}.yaml: unknown key(s) {unknown}; a group list holds groups, class_sets")
+    return raw
+
+
+def resolve_groups(cfg) -> tuple[GroupSpec, ...]:
+    """The group list the data config declares: ``data.groups``, else the named list's."""
     if cfg.groups:
         return cfg.groups
     name = scenario_name(cfg)
-    if name in PRESETS:
-        p = PRESETS.get(name)
-        return parse_groups(
-            p.expand(build_section(p.options, dict(cfg.options), "data.options")), f"data.scenario {name}"
-        )
-    return None
+    return parse_groups(preset(name).get("groups") or [], f"data.scenario {name}")
+
+
+def class_sets(cfg) -> dict[str, tuple[int, ...]]:
+    """``data.class_sets``, else the named group list's."""
+    if cfg.groups or cfg.class_sets:
+        return dict(cfg.class_sets)
+    raw = preset(scenario_name(cfg)).get("class_sets") or {}
+    return {k: tuple(v) for k, v in raw.items()}
 
 
 def check_data_config(cfg) -> None:
     """Everything about ``data`` that can be checked without reading a file (at config load)."""
-    if cfg.groups:
-        if cfg.scenario:
-            raise ConfigError(
-                f"data.scenario: {cfg.scenario!r} and data.groups are both set; keep one (a scenario is a "
-                "named group list: --print-config shows it)"
-            )
-        if cfg.options:
-            raise ConfigError(
-                f"data.options {sorted(cfg.options)} is for a named scenario; a group takes its source's options "
-                "in its own 'options:' entry"
-            )
-        check_groups(cfg.groups)
-        return
-    name = scenario_name(cfg)
-    if name not in PRESETS and name not in SCENARIOS:
-        valid = sorted(PRESETS.names() + SCENARIOS.names())
-        close = difflib.get_close_matches(name, valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"data.scenario: unknown scenario {name!r}{hint}; valid: {', '.join(valid)}, or data.groups")
-    if name in PRESETS:
-        check_groups(resolve_groups(cfg), f"data.scenario {name}")
-    else:
-        build_section(SCENARIO_OPTIONS[name], dict(cfg.options), "data.options")
+    if cfg.groups and cfg.scenario:
+        raise ConfigError(
+            f"data.scenario: {cfg.scenario!r} and data.groups are both set; keep one (a scenario is a "
+            "named group list: --print-config shows it)"
+        )
+    where = "data.groups" if cfg.groups else f"data.scenario {scenario_name(cfg)}"
+    groups = resolve_groups(cfg)
+    check_groups(groups, where)
+    n_classes = max(SOURCES.get(g.source).classes(source_options(SOURCES.get(g.source), g, "")) for g in groups)
+    for name, classes in class_sets(cfg).items():
+        check_name(name, f"data.class_sets.{name}")
+        bad = [c for c in classes if not 0 <= c < n_classes]
+        if bad or not classes:
+            raise ConfigError(f"data.class_sets.{name}: {list(classes)} must be non-empty labels in 0..{n_classes - 1}")
 
 
 def build_scenario(cfg) -> ScenarioData:
     """Build the configured groups (``cfg`` is the run's DataConfig). Frozen features
     (``data.features``) are applied above, by ``fedanchors.runs.build_data``."""
+    name = "data.groups" if cfg.groups else f"data.scenario {scenario_name(cfg)}"
     groups = resolve_groups(cfg)
-    name = scenario_name(cfg)
-    if groups is not None:
-        data = build_groups(cfg, groups, "data.groups" if cfg.groups else f"data.scenario {name}")
-    else:
-        data = SCENARIOS.get(name, "data.scenario")(cfg)
+    data = build_groups(cfg, groups, name)
+    data.class_sets = {k: list(v) for k, v in class_sets(cfg).items()}
     for g in data.groups:
         for split in ("train", "val", "test"):
-            where = f"scenario {name}, group {g.name} ({split})"
+            where = f"{name}, group {g.name} ({split})"
             check_labels(getattr(g, split).y, data.num_classes, where)
             check_finite_rows(getattr(g, split).x, where)
     if cfg.gating_fraction > 0:

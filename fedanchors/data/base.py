@@ -1,23 +1,18 @@
-"""Groups, scenarios and the splitting helpers every scenario uses."""
+"""Groups, a run's data (``ScenarioData``) and the splitting helpers the groups' build uses."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from fedanchors.config import DataConfig, build_section
+from fedanchors.config import DataConfig
 from fedanchors.errors import ConfigError, DataError
 from fedanchors.names import check_name
-from fedanchors.registry import Registry
 
-SCENARIOS: Registry = Registry("scenario")
-SCENARIO_OPTIONS: dict[str, type] = {}  # scenario -> its ``data.options`` dataclass (checked at load)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -109,22 +104,6 @@ def check_finite_rows(x: torch.Tensor, where: str, owners: list[str] | None = No
         )
 
 
-def scenario(name: str, options: type) -> Any:
-    """Decorator: register a Python scenario ``fn(cfg: DataConfig) -> ScenarioData`` and its options."""
-
-    def deco(fn: Any) -> Any:
-        SCENARIOS.register(name)(fn)
-        SCENARIO_OPTIONS[name] = options
-        return fn
-
-    return deco
-
-
-def scenario_options(cls: type, cfg: DataConfig) -> Any:
-    """Parse ``data.options`` into the scenario's own options dataclass."""
-    return build_section(cls, dict(cfg.options), "data.options")
-
-
 def data_root(cfg: DataConfig) -> Path:
     """``data.root``, else $FEDANCHORS_DATA, else ../shared/data; relative paths try the cwd, then the repo."""
     root = cfg.root or os.environ.get("FEDANCHORS_DATA") or "../shared/data"
@@ -156,23 +135,6 @@ def cap(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tens
     return x[keep], y[keep]
 
 
-def make_group(name: str, space: str, x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, seed: int) -> GroupData:
-    """Split one group's examples into train/val/test with a fixed seed."""
-    x, y = cap(x, y, cfg.max_per_group, seed)
-    te, va = cfg.test_fraction, cfg.val_fraction
-    test, val, train = split_fractions(len(y), [te, va, 1 - te - va], seed)
-    return GroupData(name, space, Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]))
-
-
-def make_group_fixed_test(
-    name: str, space: str, x: torch.Tensor, y: torch.Tensor, test: Split, cfg: DataConfig, seed: int
-) -> GroupData:
-    """A group whose test split is given (an official split); validation is carved from train."""
-    x, y = cap(x, y, cfg.max_per_group, seed)
-    val, train = split_fractions(len(y), [cfg.val_fraction, 1 - cfg.val_fraction], seed)
-    return GroupData(name, space, Split(x[train], y[train]), Split(x[val], y[val]), test)
-
-
 def resize(x: torch.Tensor, side: int) -> torch.Tensor:
     """Bilinear resize of (N, C, H, W) images to side x side."""
     return resize2d(x, side, side)
@@ -183,15 +145,3 @@ def resize2d(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if x.shape[-2:] == (h, w):
         return x
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def group_fractions(raw: dict[str, float], names: list[str]) -> list[float]:
-    """Check a {group: fraction} option against the scenario's group names."""
-    if set(raw) != set(names):
-        raise ConfigError(f"data.options: a per-group option must name exactly the groups {names}, got {sorted(raw)}")
-    return [float(raw[n]) for n in names]
-
-
-def options_dataclass(cls: type) -> type:
-    """Decorator: a frozen dataclass for scenario options."""
-    return dataclasses.dataclass(frozen=True)(cls)

@@ -1,25 +1,8 @@
-"""The embedded default: scikit-learn's UCI digits as two pixel-size groups."""
+"""scikit-learn's bundled UCI digits (the embedded default's data; the ``uci_digits`` source)."""
 
 from __future__ import annotations
 
-from dataclasses import field
-
 import torch
-
-from fedanchors.data.base import (
-    options_dataclass,
-)
-
-
-@options_dataclass
-class DigitsOptions:
-    """Fractions of the 1,797 images given to each group (disjoint), and each group's pixel size.
-
-    The input space is the pixel size: groups given the same size share one encoder.
-    """
-
-    fractions: dict[str, float] = field(default_factory=lambda: {"digits8": 0.5, "digits16": 0.5})
-    sizes: dict[str, int] = field(default_factory=lambda: {"digits8": 8, "digits16": 16})
 
 
 def load_uci_digits() -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,12 +2,8 @@
 
 Reads LEAF's JSON layout under ``<root>/femnist/{train,test}/*.json`` (each file
 ``{"users", "num_samples", "user_data": {writer: {"x": [[784 floats]], "y": [labels]}}}``), so
-LEAF's full download works as the 110-writer sample here does. Each writer keeps its own
-train/test split; validation is carved from the writer's training images (seeded). The
-writers are split at random into two input-space groups: ``hi`` (28x28) and ``lo``
-(downsampled to ``lo_size``, a minority input space with its own encoder). Every split
-carries its writers (``GroupData.meta["owners"]``), which ``federated.partition: natural``
-turns into one client per writer.
+LEAF's full download works as the 110-writer sample here does; the ``femnist`` source
+(``fedanchors.data.sources.femnist``) gives its writers to groups.
 """
 
 from __future__ import annotations
@@ -17,31 +13,10 @@ from pathlib import Path
 
 import torch
 
-from fedanchors.config import DataConfig
-from fedanchors.data.base import (
-    GroupData,
-    ScenarioData,
-    Split,
-    check_finite_rows,
-    data_root,
-    options_dataclass,
-    resize,
-    scenario,
-    scenario_options,
-    split_fractions,
-)
-from fedanchors.errors import ConfigError, DataError
+from fedanchors.data.base import check_finite_rows
+from fedanchors.errors import DataError
 
 NUM_CLASSES = 62
-
-
-@options_dataclass
-class FemnistOptions:
-    """Share of writers in the ``hi`` group, the ``lo`` group's pixel size, and a writer cap."""
-
-    hi_fraction: float = 0.8
-    lo_size: int = 14
-    max_writers: int = 0  # 0: all
 
 
 def _read(path: Path) -> dict[str, tuple[list, list]]:
@@ -83,47 +58,3 @@ def load_leaf(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Ten
                 writers[w] = (1.0 - xt.view(-1, 1, 28, 28), torch.tensor(y, dtype=torch.int64))
         out[split] = writers
     return out
-
-
-@scenario("femnist", FemnistOptions)
-def femnist(cfg: DataConfig) -> ScenarioData:
-    o = scenario_options(FemnistOptions, cfg)
-    if not 0 < o.hi_fraction < 1:
-        raise ConfigError(f"data.options.hi_fraction must be in (0, 1), got {o.hi_fraction}")
-    if not 4 <= o.lo_size <= 28:
-        raise ConfigError(f"data.options.lo_size must be in 4..28, got {o.lo_size}")
-    data = load_leaf(data_root(cfg) / "femnist")
-    writers = sorted(w for w in data["train"] if w in data["test"])
-    if o.max_writers:
-        writers = writers[: o.max_writers]
-    if len(writers) < 2:
-        raise DataError(f"{data_root(cfg) / 'femnist'}: fewer than 2 writers with both a train and a test file")
-    perm = torch.randperm(len(writers), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
-    n_hi = min(len(writers) - 1, max(1, round(o.hi_fraction * len(writers))))
-    members = {"hi": sorted(perm[:n_hi]), "lo": sorted(perm[n_hi:])}
-    groups = []
-    for name, idx in members.items():
-        side = 28 if name == "hi" else o.lo_size
-        parts: dict[str, list] = {"train": [], "val": [], "test": []}
-        for k, wi in enumerate(idx):
-            w = writers[wi]
-            x, y = data["train"][w]
-            val, train = split_fractions(len(y), [cfg.val_fraction, 1 - cfg.val_fraction], cfg.split_seed + wi)
-            for split, (xs, ys) in {
-                "train": (x[train], y[train]),
-                "val": (x[val], y[val]),
-                "test": data["test"][w],
-            }.items():
-                parts[split].append((resize(xs, side), ys, torch.full((len(ys),), k)))
-        splits = {s: [torch.cat([p[i] for p in v]) for i in range(3)] for s, v in parts.items()}
-        owners = {s: v[2] for s, v in splits.items()}
-        groups.append(
-            GroupData(
-                name,
-                f"px{side}",
-                *(Split(splits[s][0], splits[s][1]) for s in ("train", "val", "test")),
-                meta={"owners": owners, "writers": [writers[i] for i in idx]},
-            )
-        )
-    sets = {"digits": list(range(10)), "letters": list(range(10, NUM_CLASSES))}
-    return ScenarioData(groups, NUM_CLASSES, class_sets=sets)

@@ -78,11 +78,36 @@ def check_groups(groups: tuple[GroupSpec, ...], where: str = "data.groups") -> d
         shares[g.source].append(g.fraction)
     for name, fr in shares.items():
         given = [f for f in fr if f != -1]
+        if len(fr) > 1 and all(f == 1 for f in fr):  # each takes the whole source: selections apart
+            _check_apart([g for g in groups if g.source == name], where)
+            continue
         if sum(given) > 1 + 1e-9:
             raise ConfigError(f"{where}: the fractions of source {name} sum to {sum(given):g} > 1; lower them")
         if len(given) < len(fr) and sum(given) >= 1 - 1e-9:
             raise ConfigError(f"{where}: the fractions of source {name} leave nothing for its groups without one")
     return out
+
+
+def _apart(a: GroupSpec, b: GroupSpec) -> bool:
+    """Whether two groups' selections can share no example: disjoint classes, owners, or a
+    ``where`` attribute given different values."""
+    if a.classes and b.classes and not set(a.classes) & set(b.classes):
+        return True
+    for kind in ("writers", "speakers"):
+        if getattr(a, kind) and getattr(b, kind) and not set(getattr(a, kind)) & set(getattr(b, kind)):
+            return True
+    return any(k in b.where and b.where[k] != v for k, v in a.where.items())
+
+
+def _check_apart(members: list[GroupSpec], where: str) -> None:
+    """Groups that each take a whole source (``fraction: 1``) must select disjoint examples."""
+    for i, a in enumerate(members):
+        for b in members[i + 1 :]:
+            if not _apart(a, b):
+                raise ConfigError(
+                    f"{where}: groups {a.name} and {b.name} both take all of source {a.source} (fraction: 1) but "
+                    "their selections overlap; give them disjoint classes, writers or where: values, or fractions"
+                )
 
 
 def _check_selection(g: GroupSpec, src: Source, n_classes: int, key: str) -> None:
@@ -114,8 +139,8 @@ def _check_selection(g: GroupSpec, src: Source, n_classes: int, key: str) -> Non
 
 def _shares(n: int, fractions: list[float], seed: int) -> list[torch.Tensor]:
     """Disjoint index sets of range(n), one per group of a source (see the module doc)."""
-    if fractions == [-1]:
-        return [torch.arange(n)]
+    if fractions == [-1] or all(f == 1 for f in fractions):  # one group, or each the whole source
+        return [torch.arange(n) for _ in fractions]
     rest = 1 - sum(f for f in fractions if f != -1)
     missing = sum(f == -1 for f in fractions)
     return split_fractions(n, [f if f != -1 else rest / missing for f in fractions], seed)
@@ -140,8 +165,9 @@ def _select(pool: Pool, g: GroupSpec, key: str) -> Pool:
     return pool.take(torch.nonzero(keep).squeeze(1))
 
 
-def _allocate(groups: tuple[GroupSpec, ...], loaded: dict, seed: int) -> list[tuple[Pool, Pool | None]]:
-    """Each group's (pool, official test pool or None) after sharing and selection."""
+def _allocate(groups: tuple[GroupSpec, ...], loaded: dict, seed: int) -> list[tuple[Pool, Pool | None, Pool | None]]:
+    """Each group's (pool, official test pool, official validation pool; None where the source
+    has none) after sharing and selection."""
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         by_source[g.source].append(i)
@@ -151,20 +177,29 @@ def _allocate(groups: tuple[GroupSpec, ...], loaded: dict, seed: int) -> list[tu
         first = loaded[members[0]]
         if SOURCES.get(name).units:
             n_units = int(first.train.units.max()) + 1 if len(first.train) else 0
-            parts = _shares(n_units, fractions, seed)
-            for i, p in zip(members, parts):
+            for i, p in zip(members, _shares(n_units, fractions, seed)):
                 s = loaded[i]
-                test = s.test.take(_by_unit(s.test, p)) if s.test is not None else None
-                out[i] = (s.train.take(_by_unit(s.train, p)), test)
+                out[i] = tuple(None if q is None else q.take(_by_unit(q, p)) for q in (s.train, s.test, s.val))
             continue
         parts = _shares(len(first.train), fractions, seed)
-        tparts = _shares(len(first.test), fractions, seed + 100) if first.test is not None else [None] * len(members)
-        for i, p, tp in zip(members, parts, tparts):
+        extra = [
+            _shares(len(q), fractions, seed + off) if q is not None else [None] * len(members)
+            for q, off in ((first.test, 100), (first.val, 200))
+        ]
+        for k, (i, p) in enumerate(zip(members, parts)):
             s = loaded[i]
-            out[i] = (s.train.take(p), s.test.take(tp) if tp is not None else None)
+            tp, vp = extra[0][k], extra[1][k]
+            out[i] = (
+                s.train.take(p),
+                s.test.take(tp) if tp is not None else None,
+                s.val.take(vp) if vp is not None else None,
+            )
     return [
-        (_select(tr, groups[i], f"data.groups[{i}]"), None if te is None else _select(te, groups[i], ""))
-        for i, (tr, te) in enumerate(out)
+        (
+            _select(tr, groups[i], f"data.groups[{i}]"),
+            *(None if q is None else _select(q, groups[i], "") for q in (te, va)),
+        )
+        for i, (tr, te, va) in enumerate(out)
     ]
 
 
@@ -177,26 +212,35 @@ def _count(pool: Pool, g: GroupSpec, seed: int, key: str) -> Pool:
     return pool.take(keep)
 
 
-def _features(g: GroupSpec, pool: Pool, test: Pool | None) -> tuple[Pool, Pool | None, tuple | None]:
-    """Audio front end before the split; with an official test split, standardised here."""
+def _features(g: GroupSpec, pool: Pool, test: Pool | None, val: Pool | None):
+    """Audio front end before the split; with an official test split, standardised here.
+    Returns (pool, test, val, late): ``late`` () when standardising waits for the split."""
     if g.features is None:
-        return pool, test, None
-    pool = Pool(spectrograms(pool.x, g.features), pool.y, pool.owners, pool.units, pool.attrs)
-    if test is not None:
-        test = Pool(spectrograms(test.x, g.features), test.y, test.owners, test.units, test.attrs)
+        return pool, test, val, None
+
+    def spec(p: Pool | None) -> Pool | None:
+        return None if p is None else Pool(spectrograms(p.x, g.features), p.y, p.owners, p.units, p.attrs)
+
+    pool, test, val = spec(pool), spec(test), spec(val)
     if not g.features.standardize:
-        return pool, test, None
+        return pool, test, val, None
     if test is None:
-        return pool, test, ()  # standardised after the split, with the training split's statistics
+        return pool, test, val, ()  # standardised after the split, with the training split's statistics
     mean, std = pool.x.mean(), pool.x.std()
-    return Pool((pool.x - mean) / std, pool.y, pool.owners), Pool((test.x - mean) / std, test.y, test.owners), None
+
+    def norm(p: Pool | None) -> Pool | None:
+        return None if p is None else Pool((p.x - mean) / std, p.y, p.owners, p.units, p.attrs)
+
+    return norm(pool), norm(test), norm(val), None
 
 
-def _cut(pool: Pool, test: Pool | None, cfg: DataConfig, seed: int) -> dict[str, Pool]:
-    """train / val / test as ``make_group`` (or ``make_group_fixed_test``) cuts them."""
+def _cut(pool: Pool, test: Pool | None, val: Pool | None, cfg: DataConfig, seed: int) -> dict[str, Pool]:
+    """train / val / test: the source's official splits where it has them, else cut from the pool."""
     if cfg.max_per_group and cfg.max_per_group < len(pool):
         keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + 7919))
         pool = pool.take(keep[: cfg.max_per_group].sort().values)
+    if test is not None and val is not None:
+        return {"train": pool, "val": val, "test": test}
     if test is not None:
         val, train = split_fractions(len(pool), [cfg.val_fraction, 1 - cfg.val_fraction], seed)
         return {"train": pool.take(train), "val": pool.take(val), "test": test}
@@ -230,7 +274,7 @@ def build_groups(cfg: DataConfig, groups: tuple[GroupSpec, ...], name: str = "da
         k = (g.source, repr(opts))
         if k not in cache:
             cache[k] = src.load(cfg, opts)
-            for split, pool in (("train", cache[k].train), ("test", cache[k].test)):
+            for split, pool in (("train", cache[k].train), ("test", cache[k].test), ("val", cache[k].val)):
                 if pool is not None:  # the source's own check names the file; this one every source
                     check_finite_rows(pool.x, f"source {g.source} ({split} pool, under {data_root(cfg)})", pool.owners)
         loaded.append(cache[k])
@@ -238,12 +282,12 @@ def build_groups(cfg: DataConfig, groups: tuple[GroupSpec, ...], name: str = "da
     n_classes = [SOURCES.get(g.source).classes(source_options(SOURCES.get(g.source), g, "")) for g in groups]
     num_classes = 2 if groups[0].colour is not None else max(n_classes)
     out = []
-    for i, (g, (pool, test)) in enumerate(zip(groups, shares)):
+    for i, (g, (pool, test, val)) in enumerate(zip(groups, shares)):
         key, seed, n_src = f"{name}[{i}]", cfg.split_seed + 1 + i, n_classes[i]
         src = SOURCES.get(g.source)
         pool = _count(pool, g, seed, key)
-        pool, test, late = _features(g, pool, test)
-        parts = _cut(pool, test, cfg, seed)
+        pool, test, val, late = _features(g, pool, test, val)
+        parts = _cut(pool, test, val, cfg, seed)
         splits = {}
         for j, (s, p) in enumerate(parts.items()):
             x, y = p.x, p.y

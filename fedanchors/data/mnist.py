@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedanchors.config import DataConfig
-from fedanchors.data.base import (
-    check_labels,
-    data_root,
-    options_dataclass,
-)
+from fedanchors.data.base import check_labels, data_root
 from fedanchors.errors import DataError
 
 _FILES = {
@@ -89,16 +84,3 @@ def mnist_pool(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     parts = load_mnist(cfg)
     xs, ys = zip(*parts.values())
     return torch.cat(xs), torch.cat(ys)
-
-
-@options_dataclass
-class MnistHeteroOptions:
-    """Disjoint fractions of MNIST per group, and how the files present are split.
-
-    ``pool: true`` pools every MNIST file present (here only the 10k test file) and splits
-    it into train/val/test with ``data.split_seed``; ``pool: false`` keeps the official
-    split: train/val from the training file, test from the test file.
-    """
-
-    fractions: dict[str, float] = field(default_factory=lambda: {"mnist28": 0.5, "mnist32": 0.5})
-    pool: bool = True

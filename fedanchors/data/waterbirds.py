@@ -9,22 +9,14 @@ is relative to the folder. Groups are (bird, place), each a client; all share th
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedanchors.config import DataConfig
-from fedanchors.data.base import (
-    GroupData,
-    ScenarioData,
-    Split,
-    check_labels,
-    data_root,
-    options_dataclass,
-    scenario,
-    scenario_options,
-)
+from fedanchors.data.base import check_labels, data_root
 from fedanchors.errors import ConfigError, DataError
 
 BIRDS = ("landbird", "waterbird")
@@ -34,7 +26,7 @@ _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-@options_dataclass
+@dataclass(frozen=True)
 class WaterbirdsOptions:
     """The dataset folder (relative to data.root, or absolute) and the square image side."""
 
@@ -51,7 +43,7 @@ def waterbirds_dir(cfg: DataConfig, folder: str) -> Path:
             return c
     raise DataError(
         f"no Waterbirds metadata.csv in {root / folder}; put the Waterbirds folder (metadata.csv and the "
-        "images) there, or set data.options.folder / data.root to where it is"
+        "images) there, or set the group's options.folder / data.root to where it is"
     )
 
 
@@ -86,7 +78,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 def load_waterbirds(cfg: DataConfig, o: WaterbirdsOptions, key: str) -> tuple[torch.Tensor, ...]:
     """(x normalised (N, 3, size, size), y, place, split) of every row of metadata.csv;
-    ``key`` names the options in errors (``data.options`` or a group's ``options``)."""
+    ``key`` names the options in errors (a group's ``options``)."""
     if o.size < 8:
         raise ConfigError(f"{key}.size must be >= 8, got {o.size}")
     folder = waterbirds_dir(cfg, o.folder)
@@ -97,19 +89,3 @@ def load_waterbirds(cfg: DataConfig, o: WaterbirdsOptions, key: str) -> tuple[to
     check_labels(y, 2, folder / "metadata.csv")
     check_labels(place, 2, folder / "metadata.csv", "place")
     return x, y, place, split
-
-
-@scenario("waterbirds", WaterbirdsOptions)
-def waterbirds(cfg: DataConfig) -> ScenarioData:
-    """Groups ``landbird_land``, ``landbird_water``, ``waterbird_land``, ``waterbird_water``."""
-    x, y, place, split = load_waterbirds(cfg, scenario_options(WaterbirdsOptions, cfg), "data.options")
-    groups = []
-    for b, bird in enumerate(BIRDS):
-        for p, where in enumerate(PLACES):
-            sel = (y == b) & (place == p)
-            parts = [torch.nonzero(sel & (split == s)).squeeze(1) for s in (0, 1, 2)]
-            if cfg.max_per_group:
-                gen = torch.Generator().manual_seed(cfg.split_seed)
-                parts[0] = parts[0][torch.randperm(len(parts[0]), generator=gen)[: cfg.max_per_group]]
-            groups.append(GroupData(f"{bird}_{where}", "rgb", *(Split(x[i], y[i]) for i in parts)))
-    return ScenarioData(groups, 2)

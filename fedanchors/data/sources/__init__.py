@@ -45,11 +45,13 @@ class Pool:
 
 @dataclass
 class SourceData:
-    """A loaded source: the pool to split (``train``) and the official test split, if any."""
+    """A loaded source: the pool to split (``train``), the official test split and the official
+    validation split, if any (a source with an official validation split has a test split too)."""
 
     train: Pool
     test: Pool | None = None
     meta: dict = field(default_factory=dict)  # e.g. a text source's vocab_size and vocab
+    val: Pool | None = None
 
 
 @dataclass(frozen=True)

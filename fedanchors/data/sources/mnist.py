@@ -23,7 +23,7 @@ def mnist(cfg, options: MnistOptions) -> SourceData:
     files = load_mnist(cfg)
     if set(files) != {"train", "test"}:
         raise DataError(
-            "mnist pool: false (data.options.pool or a group's options.pool) needs both official MNIST "
+            "mnist pool: false (a group's options.pool) needs both official MNIST "
             f"files, found only {sorted(files)}; "
             "set pool: true to split the files present"
         )

@@ -16,7 +16,8 @@ from fedanchors.data.waterbirds import WaterbirdsOptions, load_waterbirds
     attrs=("place",),
 )
 def waterbirds(cfg, o: WaterbirdsOptions) -> SourceData:
-    """Birds (0 land, 1 water) on places (attribute ``place``); official train+val / test split."""
+    """Birds (0 land, 1 water) on places (attribute ``place``); the official train / val / test splits."""
     x, y, place, split = load_waterbirds(cfg, o, "waterbirds options")
-    train, test = (torch.nonzero(m).squeeze(1) for m in (split < 2, split == 2))
-    return SourceData(*(Pool(x[i], y[i], attrs={"place": place[i]}) for i in (train, test)))
+    train, val, test = (torch.nonzero(split == s).squeeze(1) for s in (0, 1, 2))
+    train, test, val = (Pool(x[i], y[i], attrs={"place": place[i]}) for i in (train, test, val))
+    return SourceData(train, test, val=val)
