@@ -229,6 +229,9 @@ class CentralizedTrainer:
     def on_best(self, t: int) -> None:
         pass
 
+    def side_logs(self) -> dict[str, list[dict]]:
+        return {"analysis.jsonl": self.analysis_out}  # the gap analyses' finished records
+
     def model_state(self) -> dict:
         return {"model": self.model.state_dict(), "method": self.method.state_dict()}
 

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedanchors.fileio import append_line, write_atomic
 from fedanchors.losses import class_loss
 
 
@@ -215,34 +214,6 @@ def probe_accuracies(z_tr, y_tr, g_tr, z_ev, y_ev, g_ev, C: float, num_classes: 
 def group_accuracy(hit: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, float]:
     """Per group, the share of ``hit`` (NaN for a group with no example)."""
     return {n: float(hit[groups == k].mean()) if (groups == k).any() else float("nan") for k, n in enumerate(names)}
-
-
-class AnalysisLog:
-    """``<run>/analysis.jsonl``: one line per analysed epoch (round)."""
-
-    def __init__(self, run_path: Path | None) -> None:
-        self.path = None if run_path is None else Path(run_path) / "analysis.jsonl"
-        self.count = 0  # lines written (checkpointed with the loop's state)
-
-    def write(self, records: list[dict]) -> None:
-        if self.path is None or not records:
-            return
-        self.count += len(records)
-        for r in records:
-            append_line(self.path, json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                               for k, v in r.items()}))  # fmt: skip
-
-    def truncate(self, unit: str, last: int, lines: int | None = None) -> None:
-        """Keep what was written up to the checkpoint a run resumes from: its first ``lines``
-        lines (the count checkpointed; a federated round's record is completed, and written,
-        a round later, so a record of round ``last`` may postdate the checkpoint), or without
-        a count the records up to step ``last``. The resumed run writes the rest again."""
-        if self.path is None or not self.path.is_file():
-            return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)[unit] <= last]
-        keep = keep if lines is None else keep[:lines]
-        write_atomic(self.path, "".join(k + "\n" for k in keep).encode())
-        self.count = len(keep)
 
 
 def read_analysis(run: Path) -> list[dict]:

@@ -19,10 +19,9 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from fedanchors.dynamics import AnalysisLog
 from fedanchors.errors import RunFailed
 from fedanchors.metric_keys import METRICS_VERSION
-from fedanchors.resume import LOOP_KEYS, Interrupted, StopFlag, load, save_atomic, truncate_metrics
+from fedanchors.resume import LOOP_KEYS, Interrupted, JsonlLog, StopFlag, load, save_atomic, truncate_metrics
 from fedanchors.rundir import RunDir, versions
 
 
@@ -64,6 +63,10 @@ class Trainer(Protocol):
     def final(self) -> dict:
         """Summary entries computed with the best model loaded (DFR, diagnostics, device, bytes)."""
 
+    def side_logs(self) -> dict[str, list[dict]]:
+        """Records for side logs in the run directory, by file name (e.g. ``analysis.jsonl``),
+        finished since the last call; the loop appends them and empties the lists."""
+
 
 def evaluated(t: int, total: int, every: int) -> bool:
     """Steps that are evaluated: every ``every``-th and the last."""
@@ -101,8 +104,8 @@ def run_loop(
     """
     t0, unit = time.time(), tr.unit
     tr.setup()
-    analysis = AnalysisLog(run.path if run is not None else None)
-    p = _resume(tr, run, analysis) if resume else Progress()
+    logs: dict[str, JsonlLog] = {}  # the trainer's side logs, by file name
+    p = _resume(tr, run, logs) if resume else Progress()
     bar = tqdm(total=tr.total, initial=p.start - 1, desc=f"{cfg.name} {tr.mode}", unit=unit,
                disable=None if cfg.progress else True)  # fmt: skip
     t = p.start - 1
@@ -113,9 +116,7 @@ def run_loop(
                 t -= 1
                 break
             record = {unit: t, **tr.train(t)}
-            if getattr(tr, "analysis_out", None):  # the gap analyses' records (fedanchors.dynamics)
-                analysis.write(tr.analysis_out)
-                tr.analysis_out.clear()
+            _drain(tr, run, logs)
             if evaluated(t, tr.total, tr.eval_every):
                 _evaluate(tr, t, p, run, splits, cfg.optim.patience, record)
                 bar.set_postfix(val_acc_wg=f"{record['acc_wg']:.3f}")
@@ -123,7 +124,7 @@ def run_loop(
             error = tr.end(t)
             if run is not None:
                 state = {unit: t, "best": p.best, "best_t": p.best_t, "best_test": p.best_test, "stopped": p.stopped}
-                state |= {"analysis_lines": analysis.count, "elapsed": p.elapsed + time.time() - t0}
+                state |= {"log_lines": {k: v.count for k, v in logs.items()}, "elapsed": p.elapsed + time.time() - t0}
                 save_atomic({**state, **tr.resume_state()}, run.checkpoint(tr.files["resume"]))
             if error is not None:
                 raise error
@@ -137,14 +138,27 @@ def run_loop(
     return _summary(tr, p, t, run, t0)
 
 
-def _resume(tr: Trainer, run: RunDir, analysis: AnalysisLog) -> Progress:
+def _drain(tr: Trainer, run: RunDir | None, logs: dict[str, JsonlLog]) -> None:
+    """Append the trainer's new side-log records (``side_logs()``: file name -> records) and
+    empty its lists; the loop knows no log by name."""
+    for name, records in tr.side_logs().items():
+        if records:
+            logs.setdefault(name, JsonlLog(run.path / name if run is not None else None)).write(records)
+            records.clear()
+
+
+def _resume(tr: Trainer, run: RunDir, logs: dict[str, JsonlLog]) -> Progress:
     """The progress, trainer state and logs of the checkpoint a run resumes from."""
     unit = tr.unit
     path = run.checkpoint(tr.files["resume"])
     state = load(path, required=(unit, *LOOP_KEYS), what=f"{tr.mode} resume checkpoint")
     tr.load_resume_state(state, path)
     truncate_metrics(run.path, unit, state[unit])
-    analysis.truncate(unit, state[unit], state.get("analysis_lines"))
+    # each side log cut back to its lines at the checkpoint (older checkpoints: analysis_lines)
+    lines = state.get("log_lines") or {"analysis.jsonl": state.get("analysis_lines")}
+    for name, n in lines.items():
+        logs[name] = JsonlLog(run.path / name)
+        logs[name].truncate(unit, state[unit], n)
     return Progress(state["best"], state["best_t"], state.get("best_test"), state[unit] + 1, state["elapsed"],
                     state["stopped"])  # fmt: skip
 

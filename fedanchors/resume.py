@@ -9,6 +9,7 @@ from the last one and ends with exactly the metrics of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from fedanchors.errors import FedAnchorsError
-from fedanchors.fileio import save_atomic, write_atomic
+from fedanchors.fileio import append_line, save_atomic, write_atomic
 
 __all__ = ["save_atomic", "load", "CheckpointError", "Interrupted", "Aborted", "StopFlag"]  # save_atomic: fileio
 
@@ -209,3 +210,33 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+class JsonlLog:
+    """A trainer's side log in the run directory (``analysis.jsonl``: the gap analyses): one
+    JSON line per record, appended as the loop drains the trainer's ``side_logs()``, and cut
+    back on resume to what was written when the checkpoint was taken."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = None if path is None else Path(path)
+        self.count = 0  # lines written (checkpointed with the loop's state)
+
+    def write(self, records: list[dict]) -> None:
+        if self.path is None or not records:
+            return
+        self.count += len(records)
+        for r in records:
+            append_line(self.path, json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                               for k, v in r.items()}))  # fmt: skip
+
+    def truncate(self, unit: str, last: int, lines: int | None = None) -> None:
+        """Keep what was written up to the checkpoint a run resumes from: its first ``lines``
+        lines (the count checkpointed; a federated round's analysis record is completed, and
+        written, a round later, so a record of round ``last`` may postdate the checkpoint), or
+        without a count the records up to step ``last``. The resumed run writes the rest again."""
+        if self.path is None or not self.path.is_file():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)[unit] <= last]
+        keep = keep if lines is None else keep[:lines]
+        write_atomic(self.path, "".join(k + "\n" for k in keep).encode())
+        self.count = len(keep)

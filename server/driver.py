@@ -68,10 +68,9 @@ class FederatedTrainer:
     def setup(self) -> None:
         self.server.discover(self.grid)
 
-    @property
-    def analysis_out(self) -> list[dict]:
-        """The gap-analysis study's finished analysis records (the loop writes and clears them)."""
-        return self.server.analysis.out if self.server.analysis is not None else []
+    def side_logs(self) -> dict[str, list[dict]]:
+        """The gap analyses' finished records (the loop writes and clears them)."""
+        return {"analysis.jsonl": self.server.analysis.out} if self.server.analysis is not None else {}
 
     def train(self, t: int) -> dict[str, float]:
         self.rnd = t

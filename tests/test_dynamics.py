@@ -13,6 +13,7 @@ from fedanchors import dynamics
 from fedanchors.centralized import CentralizedTrainer
 from fedanchors.data import build_scenario
 from fedanchors.loop import run_loop
+from fedanchors.resume import JsonlLog
 from fedanchors.rundir import RunDir
 from tests.conftest import small_config
 from tests.flower_harness import run_rounds, train_rounds
@@ -116,11 +117,11 @@ def test_analysis_files_in_both_modes(tmp_path):
 
 
 def test_analysis_log_resumes_to_the_lines_written_before_the_checkpoint(tmp_path):
-    log = dynamics.AnalysisLog(tmp_path)
+    log = JsonlLog(tmp_path / "analysis.jsonl")
     log.write([{"round": 1, "a": 1.0}, {"round": 2, "a": 2.0}])
     at_checkpoint = log.count  # round 3's checkpoint: rounds 1 and 2 written (2 completed in round 3)
     log.write([{"round": 3, "a": 3.0}])  # written in round 4, after round 3's checkpoint
-    again = dynamics.AnalysisLog(tmp_path)
+    again = JsonlLog(tmp_path / "analysis.jsonl")
     again.truncate("round", 3, at_checkpoint)
     assert [r["round"] for r in dynamics.read_analysis(tmp_path)] == [1, 2] and again.count == 2
     again.truncate("round", 1)  # an older checkpoint without the count: by step
