@@ -240,6 +240,9 @@ class LoggingConfig:
     wandb_mode: str = "offline"  # offline needs no network; `wandb sync` uploads later
     wandb_project: str = "fedanchors"
     tensorboard: bool = False
+    # plots.png, analysis.png and the samples_<group> files; $FEDANCHORS_PLOTS=0 turns them
+    # off for every run of a session (batch jobs, the test suite), whatever the config says
+    plots: bool = True
 
 
 @dataclass(frozen=True)

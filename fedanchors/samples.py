@@ -13,13 +13,15 @@ from pathlib import Path
 from fedanchors.data import GroupData, ScenarioData
 
 
-def save_group_samples(data: ScenarioData, out: Path, per_group: int = 16) -> list[Path]:
-    """Write every group's sample file(s) into ``out``; returns the paths written."""
+def save_group_samples(data: ScenarioData, out: Path, per_group: int = 16, images: bool = True) -> list[Path]:
+    """Write every group's sample file(s) into ``out``; returns the paths written. ``images:
+    false`` (``logging.plots: false``) skips the image grids; a text group's vocabulary and
+    captions are always written (the model's token ids refer to that vocabulary)."""
     written = []
     for g in data.groups:
         if "vocab" in g.meta:
             written += _text(g, out, per_group)
-        elif g.train.x.dtype.is_floating_point and g.train.x.dim() == 4:
+        elif images and g.train.x.dtype.is_floating_point and g.train.x.dim() == 4:
             written.append(_grid(g, out, per_group))
     return written
 

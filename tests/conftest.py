@@ -15,6 +15,14 @@ DATA = Path(os.environ.get("FEDANCHORS_DATA", REPO.parent / "shared" / "data"))
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
+# runs in the suite write no figures (2 s a run); tests of the figures ask for them (``figures``)
+os.environ.setdefault("FEDANCHORS_PLOTS", "0")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """This test's runs (in process or in subprocesses) write their figures."""
+    monkeypatch.setenv("FEDANCHORS_PLOTS", "1")
 
 
 @pytest.fixture

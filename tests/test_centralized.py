@@ -51,10 +51,13 @@ def test_run_directory_contents(tmp_path):
 
 
 @pytest.mark.slow
-def test_digits_default_reaches_target(tmp_path):
-    """The README's first command: test acc_wg >= 0.90 on the embedded default."""
+def test_digits_default_reaches_target(tmp_path, figures):
+    """The README's first command: test acc_wg >= 0.90 on the embedded default, its figures written."""
     cfg = load_config(REPO / "configs" / "digits.yaml", [f"out_dir={tmp_path}", "progress=false"])
     assert run(cfg)["test_acc_wg"] >= 0.90
+    assert sorted(p.name for p in (tmp_path / "digits").glob("*.png")) == [
+        "plots.png", "samples_digits16.png", "samples_digits8.png"
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

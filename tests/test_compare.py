@@ -18,8 +18,10 @@ from .conftest import REPO, small_config
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cmp")
-    a = run(small_config(tmp, name="a", optim={"epochs": 2}))
-    b = run(small_config(tmp, name="b", seed=1, method={"name": "erm"}, optim={"epochs": 3}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDANCHORS_PLOTS", "1")  # the runs' own figures are checked below
+        a = run(small_config(tmp, name="a", optim={"epochs": 2}))
+        b = run(small_config(tmp, name="b", seed=1, method={"name": "erm"}, optim={"epochs": 3}))
     return [tmp / "runs" / "a", tmp / "runs" / "b"], (a, b)
 
 

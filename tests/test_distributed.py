@@ -34,7 +34,11 @@ def _port() -> int:
 
 
 def _env(home: Path) -> dict:
-    return os.environ | {"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FEDANCHORS_DATA": str(DATA)}
+    """The Flower processes' environment: this venv's executables first on PATH (the SuperLink
+    starts ``flower-superexec`` by name), even when the suite runs without the venv activated."""
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    extra = {"FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FEDANCHORS_DATA": str(DATA), "PATH": path}
+    return os.environ | extra
 
 
 def _group(pgid: int) -> list[int]:
@@ -97,7 +101,7 @@ class Federation:
             secure.append("--enable-supernode-auth")
         self._start("superlink", "flower-superlink", *secure, "--port", str(self.port), "--database",
                     ":flwr-in-memory:", "--disable-runtime-dependency-installation")  # fmt: skip
-        time.sleep(3)
+        self.wait_for_superlink()
         for p in range(self.nodes):
             if self.certs:
                 res = self.flwr("supernode", "register", f"{self.certs.nodes[p]}.pub", "test", "--format", "json")
@@ -105,6 +109,20 @@ class Federation:
             self.start_node(p)
         time.sleep(3)
         return self
+
+    def wait_for_superlink(self, timeout: float = 90.0) -> None:
+        """Until the SuperLink answers ``flwr ls`` (a loaded machine can take well over the few
+        seconds it usually needs to start)."""
+        deadline = time.time() + timeout
+        while True:
+            res = self.flwr("ls", "test", "--format", "json")
+            try:
+                if "runs" in json.loads(res.stdout):
+                    return
+            except json.JSONDecodeError:
+                pass
+            assert time.time() < deadline, f"no SuperLink after {timeout:g} s: {self.log('superlink')[-2000:]}"
+            time.sleep(1)
 
     def start_node(self, p: int, key: Path | None = None, ca: Path | None = None, **extra: str) -> subprocess.Popen:
         """SuperNode ``p`` (its own key and the right CA unless ``key`` / ``ca`` say otherwise)."""

@@ -183,7 +183,7 @@ def test_validation_and_test_follow_each_clients_label_mix(tmp_path):
         assert set(g.test.y[c.test].tolist()) <= held and set(g.val.y[c.val].tolist()) <= held
 
 
-def test_client_level_metrics_in_both_modes(tmp_path):
+def test_client_level_metrics_in_both_modes(tmp_path, figures):
     """Worst, 10th-percentile and std of client accuracy, per group and overall, from the same
     client slices in both modes; with one full-batch SGD step they agree across modes."""
     from fedanchors.metrics import client_summary

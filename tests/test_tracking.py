@@ -17,6 +17,7 @@ def tracked_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # no network: offline mode, and any proxy that would be tried points nowhere
         mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("FEDANCHORS_PLOTS", "1")  # the figures are uploaded as images
         mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
         mp.setenv("WANDB_DIR", str(tmp / "elsewhere"))  # the config's run dir must win
         cfg = small_config(tmp, optim={"epochs": 2}, logging={"wandb": True, "tensorboard": True})

@@ -152,9 +152,10 @@ def _execute(cfg: Config, data, run_dir, federated, resume: bool) -> dict:
 
     run_dir.trackers = build_trackers(cfg, run_dir.path)
     images: dict = {}
+    figures = cfg.logging.plots and os.environ.get("FEDANCHORS_PLOTS", "1") != "0"
     try:
         if not resume:
-            save_group_samples(data, run_dir.path)
+            save_group_samples(data, run_dir.path, images=figures)
         if federated is not None:
             summary = federated.run_federated(cfg, data, run_dir, resume=resume)
         else:
@@ -162,8 +163,9 @@ def _execute(cfg: Config, data, run_dir, federated, resume: bool) -> dict:
 
             summary = run_centralized(cfg, data, run_dir, resume=resume)
         summary["run_dir"] = str(run_dir.path)
-        plot_run(run_dir.path)
-        plot_analysis(run_dir.path)
+        if figures:
+            plot_run(run_dir.path)
+            plot_analysis(run_dir.path)
         images = {p.stem: p for p in sorted(run_dir.path.glob("*.png"))}
     finally:
         last = summary.get("epochs_run", summary.get("rounds_run", 0)) if images else 0
