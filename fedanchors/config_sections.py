@@ -68,15 +68,20 @@ class AnchorConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Group weighting: erm, iw, balanced (fixed lambdas) or groupdro."""
+    """Group weighting (``fedanchors.methods``): erm, iw, balanced (fixed lambdas), groupdro,
+    and the robust objectives afl, qffl, fgdro_cvar, fgdro_kl."""
 
     name: str = "groupdro"
-    eta: float = 0.1
+    eta: float = 0.1  # GroupDRO's and AFL's step size on the group weights
     update: str = "exp"
-    gamma: float = 0.9
+    gamma: float = 0.9  # exp_smooth's memory; fgdro_kl's moving average of the group losses
     objective: str = "weighted"
     warmup: int = 0
     lambdas: dict[str, float] = field(default_factory=dict)
+    floor: dict[str, float] = field(default_factory=dict)  # afl: Lambda = {lambda in the simplex, lambda_g >= floor_g}
+    top_k: int = 1  # fgdro_cvar: the mean of the K largest group losses
+    temperature: float = 1.0  # fgdro_kl: p = softmax(u / temperature), u the averaged losses
+    q_fair: float = 1.0  # qffl: the fairness exponent q (0: ERM)
 
 
 @dataclass(frozen=True)
