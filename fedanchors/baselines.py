@@ -132,6 +132,7 @@ def apply_baseline(raw: dict) -> dict:
                 merged[section] = {**(merged.get(section) or {}), key: default}
     return merged
 
+
 for _name in ("afl", "qffl", "fgdro_cvar", "fgdro_kl"):  # the robust objectives over FedAvg's model
     baseline(
         _name,
