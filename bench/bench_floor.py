@@ -9,8 +9,9 @@ loading, Ray and the final evaluation included) and the per-round ratio: fedanch
 difference (T(R2) - T(R1)) / (R2 - R1), which cancels every fixed cost, the loop's the median
 of its own round times (it runs in one process, on every core; fedanchors' clients run in Ray
 workers of one CPU each); and both runs' final test accuracy (the same work). Where the rest
-goes, phase by phase, is not attributed yet: the ServerApp runs in a thread of Flower's simulation engine and the clients
-in Ray workers, which a driver-side cProfile does not see (issue 27).
+goes, phase by phase, is not attributed yet: the ServerApp runs in a thread of Flower's
+simulation engine and the clients in Ray workers, which a driver-side cProfile does not see
+(issue 27).
 """
 
 from __future__ import annotations
