@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
-from fedanchors.config import Config
 from fedanchors.errors import FedAnchorsError
 from fedanchors.fedserver import ClientUpdate, ServerCore
 from server.replies import RepliesMixin
@@ -25,15 +23,8 @@ from server.replies import RepliesMixin
 class FedAnchors(ServerCore, RepliesMixin):
     """The server of a federated run: ``ServerCore``'s state, reached through messages."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        num_clients: int,
-        num_classes: int,
-        class_sets: dict[str, list[int]] | None = None,
-        errors: Path | None = None,
-    ) -> None:
-        super().__init__(cfg, num_clients, num_classes, class_sets, errors)
+    def __init__(self, *args, **kwargs) -> None:  # ServerCore's (cfg, num_clients, num_classes, ...)
+        super().__init__(*args, **kwargs)
         self.nodes: dict[int, int] = {}  # partition -> node id
         self.pid_of: dict[int, int] = {}  # node id -> partition
 
