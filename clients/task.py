@@ -279,6 +279,7 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         num_classes=data.num_classes if (not stock and f.class_stats == "running" and anchors_used(cfg)) else 0,
         batch_size=cfg.optim.group_batch.get(group.name, 0), prox_mu=f.prox_mu, prox_ref=tuple(prox),
         loss=cfg.loss, logp=_log_prior(conf),
+        snapshot_step=max(1, math.ceil(float(conf["snapshot_at"]) * steps)) if conf.get("snapshot_at") else 0,
     )  # fmt: skip
     res = local_train(model.encoder, model.head, model.anchors, group.train, model.opt, work, gen, model.device)
     keep_from, keep = (
@@ -302,6 +303,9 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     content = RecordDict({"global": arrays, "metrics": metrics})
     if anchors_used(cfg):  # the class moments the anchors are fitted to
         content["stats"] = pack_arrays(**model.class_stats(res["stats"]))
+    if "snapshot" in res:  # DRFA: the shared parts at the snapshot step
+        snap = res["snapshot"]
+        content["snapshot"] = pack(**{k: snap[k] for k in ("head", "encoder") if k in parts})
     return Message(content, reply_to=msg)
 
 

@@ -17,10 +17,13 @@ runs on the same groups, population, budget and metrics. Settings a baseline doe
   the classifier separation, GroupDRO; encoders as the config shares them.
 - ``fedanchors_private``: the same with every client's encoder private (as lg_fedavg,
   FedProto and FLIC keep theirs), for a like-for-like comparison.
-- ``afl`` (Mohri et al. 2019), ``qffl`` (Li et al. 2020), ``fgdro_cvar`` and ``fgdro_kl``
-  (Guo and Yang 2024): the robust federated objectives (``fedanchors.methods.robust``) over
-  FedAvg's model: encoders shared per space, one global head, no anchors; the group weights
-  (aggregation weights federated, loss weights centralized) are the method's.
+- ``afl`` (Mohri et al. 2019), ``qffl`` (Li et al. 2020), ``drfa`` (Deng et al. 2020),
+  ``fgdro_cvar`` and ``fgdro_kl`` (Guo and Yang 2024): the robust federated objectives
+  (``fedanchors.methods.robust``) over FedAvg's model: encoders shared per space, one global
+  head, no anchors; the group weights (aggregation weights federated, loss weights
+  centralized) are the method's; q-FFL federated takes the q-FedAvg server step, DRFA draws
+  the clients by lambda. ``fgdro_kl_adam``: FGDRO-KL with local Adam (each client keeps its
+  Adam moments between rounds; the server does not average them).
 """
 
 from __future__ import annotations
@@ -133,13 +136,14 @@ def apply_baseline(raw: dict) -> dict:
     return merged
 
 
-for _name in ("afl", "qffl", "fgdro_cvar", "fgdro_kl"):  # the robust objectives over FedAvg's model
+for _name in ("afl", "qffl", "drfa", "fgdro_cvar", "fgdro_kl", "fgdro_kl_adam"):  # over FedAvg's model
     baseline(
         _name,
         {
             "anchors": NO_ANCHORS,
-            "method": {"name": _name},
+            "method": {"name": _name.removesuffix("_adam")},
             "federated": {"encoder_sharing": "space", "head_sharing": "global"},
             "dfr": {"enabled": False},
+            **({"optim": {"name": "adam"}} if _name.endswith("_adam") else {}),
         },
     )

@@ -18,6 +18,7 @@ def validate(cfg: Config) -> None:
     _check_numbers(cfg)
     _check_ranges(cfg)
     _check_federated(cfg)
+    _check_method(cfg)
     if cfg.dfr.enabled:
         _check_dfr(cfg)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
@@ -124,6 +125,31 @@ def _check_federated(cfg: Config) -> None:
     if cfg.anchors.fit == "prototype" and cfg.anchors.covariance != "none":
         raise ConfigError(
             "anchors.fit: prototype fits class means only; set anchors.covariance: none (the prototypes are means)"
+        )
+
+
+CLIENT_LEVEL = ("afl", "qffl", "drfa")  # the methods whose papers define their weights over devices
+
+
+def _check_method(cfg: Config) -> None:
+    """What the method weights, and the methods that only have a federated reading."""
+    m, f = cfg.method, cfg.federated
+    if m.level not in ("group", "client"):
+        raise ConfigError(f"method.level: {m.level!r} is not group or client")
+    if m.level == "client" and m.name not in CLIENT_LEVEL:
+        raise ConfigError(f"method.level: client is defined for {', '.join(CLIENT_LEVEL)}, not {m.name}; use group")
+    if m.level == "client" and cfg.mode != "federated":
+        raise ConfigError("method.level: client weighs clients, which only federated mode has; use group")
+    if m.level == "client" and m.floor:
+        raise ConfigError("method.floor names groups; at method.level: client Lambda is the simplex over clients")
+    if m.name == "drfa" and cfg.mode != "federated":
+        raise ConfigError("method.name: drfa is federated only (its sampling and snapshot are the method); use afl")
+    if m.lipschitz < 0 or m.loss_clients < 0:
+        raise ConfigError(f"method.lipschitz and method.loss_clients must be >= 0, got {m.lipschitz}, {m.loss_clients}")
+    if m.name == "qffl" and cfg.mode == "federated" and (f.aggregation != "mean" or f.max_update_norm > 0):
+        raise ConfigError(
+            "method.name: qffl takes the q-FedAvg server step in place of the aggregation rule; "
+            "set federated.aggregation: mean and federated.max_update_norm: 0"
         )
 
 

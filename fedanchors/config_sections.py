@@ -69,7 +69,7 @@ class AnchorConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     """Group weighting (``fedanchors.methods``): erm, iw, balanced (fixed lambdas), groupdro,
-    and the robust objectives afl, qffl, fgdro_cvar, fgdro_kl."""
+    and the robust objectives afl, qffl, drfa, fgdro_cvar, fgdro_kl."""
 
     name: str = "groupdro"
     eta: float = 0.1  # GroupDRO's and AFL's step size on the group weights
@@ -82,6 +82,9 @@ class MethodConfig:
     top_k: int = 1  # fgdro_cvar: the mean of the K largest group losses
     temperature: float = 1.0  # fgdro_kl: p = softmax(u / temperature), u the averaged losses
     q_fair: float = 1.0  # qffl: the fairness exponent q (0: ERM)
+    lipschitz: float = 0.0  # qffl's q-FedAvg step: the Lipschitz estimate L (0: 1 / optim.lr)
+    level: str = "group"  # group | client: what the method weights (client: afl, qffl, drfa; federated)
+    loss_clients: int = 0  # drfa: clients asked for the snapshot's loss (0: federated.clients_per_round)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ def check_against_data(cfg: Config, data) -> None:
     if unknown:
         raise ConfigError(f"federated.group_clients names no group {unknown}; the groups are {data.names}")
     n = len(build_population(data, f, cfg.seed))  # a partition that cannot be made fails here
+    if cfg.method.level == "client" and n < 2:
+        raise ConfigError(
+            f"method.level: client weighs clients against each other, and this population has {n} client(s) "
+            "that train; use method.level: group or more clients (federated.clients / group_clients)"
+        )
     if f.clients_per_round > n:
         raise ConfigError(f"federated.clients_per_round={f.clients_per_round} exceeds the population of {n} clients")
     if f.clients_per_round and f.sampling == "stratified" and f.clients_per_round < len(data.groups):

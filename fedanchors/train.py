@@ -176,7 +176,8 @@ class LocalWork:
     ``batch_size`` > 0 replaces ``optim.batch_size`` (fixed-ratio group batches). ``prox_mu``
     > 0 adds FedProx's prox_mu/2 ||w - w_ref||^2 over the (parameter, reference) pairs of
     ``prox_ref``. ``loss`` (a LossConfig) replaces CE by a long-tail loss, with ``logp`` the
-    global log class prior the server sends.
+    global log class prior the server sends. ``snapshot_step`` > 0 keeps a copy of the head and
+    encoder after that step (DRFA's snapshot: ``local_train`` returns it as ``snapshot``).
     """
 
     steps: int
@@ -189,6 +190,7 @@ class LocalWork:
     prox_ref: tuple = ()
     loss: object = None
     logp: torch.Tensor | None = None
+    snapshot_step: int = 0
 
 
 _DIVERGED = {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
@@ -215,8 +217,8 @@ def local_train(
     order: list[torch.Tensor] = []
     ce_sum = fit_sum = 0.0
     first: float | None = None
-    stats = None
-    for _ in range(work.steps):
+    stats = snapshot = None
+    for i in range(work.steps):
         if not order:
             order = batches(len(split), work.batch_size or work.optim.batch_size, generator)
             stats = None  # a new pass: keep the statistics of the last one only
@@ -227,12 +229,16 @@ def local_train(
         if step is None:
             return dict(_DIVERGED)
         ce, fit = step
+        if i + 1 == work.snapshot_step:
+            snapshot = {n: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for n, m in
+                        (("head", head), ("encoder", encoder))}  # fmt: skip
         ce_sum, fit_sum = ce_sum + ce, fit_sum + fit
         first = ce if first is None else first  # the loss at the model the round started from
         if work.num_classes:
             part = class_sufficient_stats(z.detach().cpu(), y.cpu(), work.num_classes, anchors.structure)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
-    return {"loss": ce_sum / work.steps, "loss_first": first, "fit": fit_sum / work.steps, "stats": stats}
+    out = {"loss": ce_sum / work.steps, "loss_first": first, "fit": fit_sum / work.steps, "stats": stats}
+    return out | ({"snapshot": snapshot} if snapshot is not None else {})
 
 
 def _local_step(encoder, head, anchors, opt, params, work: LocalWork, z, y) -> tuple[float, float] | None:

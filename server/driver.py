@@ -75,7 +75,11 @@ class FederatedTrainer:
     def train(self, t: int) -> dict[str, float]:
         self.rnd = t
         replies = self.grid.send_and_receive(self.server.configure_train(t), timeout=self.timeout)
-        return self.server.aggregate_train(t, replies)
+        out = self.server.aggregate_train(t, replies)
+        query = self.server.configure_loss_query(t)  # DRFA: the snapshot's losses, for lambda's step
+        if query:
+            out |= self.server.aggregate_loss_query(t, self.grid.send_and_receive(query, timeout=self.timeout))
+        return out
 
     def evaluate(self, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
         s = self.server

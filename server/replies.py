@@ -128,6 +128,12 @@ class RepliesMixin:
         space = self.info[pid]["space"]
         if not why and space in self.encoders:
             why = state_problem(unpack(arrays, ENCODER), self.encoders[space].state_dict(), "encoder")
+        if not why and "snapshot" in c.array_records:  # DRFA's snapshot: the same parts, as sound
+            snap = c["snapshot"]
+            if self.cfg.federated.head_sharing == "global":
+                why = state_problem(unpack(snap, HEAD), self.head.state_dict(), "snapshot head")
+            if not why and space in self.encoders:
+                why = state_problem(unpack(snap, ENCODER), self.encoders[space].state_dict(), "snapshot encoder")
         if not why and anchors_used(self.cfg):
             if "stats" not in c.array_records:
                 return "no class statistics"

@@ -67,7 +67,8 @@ class FedAnchors(ServerCore, RepliesMixin):
             info[pid] = info_pid
         self.setup([info[p] for p in sorted(info)])
 
-    def _messages(self, kind: str, rnd: int, config: dict, pids: list[int] | None = None) -> list[Message]:
+    def _messages(self, kind: str, rnd: int, config: dict, pids: list[int] | None = None, parts=None) -> list[Message]:
+        parts = parts or self.shared_parts
         out = []
         for pid, nid in sorted(self.nodes.items()):
             if pids is not None and pid not in pids:
@@ -79,7 +80,7 @@ class FedAnchors(ServerCore, RepliesMixin):
                 {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
             )
             msg = Message(
-                RecordDict({"global": pack(**self.shared_parts(pid)), "config": conf}),
+                RecordDict({"global": pack(**parts(pid)), "config": conf}),
                 message_type=kind,
                 dst_node_id=nid,
                 group_id=str(rnd),
@@ -107,7 +108,25 @@ class FedAnchors(ServerCore, RepliesMixin):
         head = unpack(c["global"], HEAD) if self.cfg.federated.head_sharing == "global" else None
         encoder = unpack(c["global"], ENCODER) if self.info[pid]["space"] in self.encoders else None
         stats = unpack_arrays(c["stats"]) if "stats" in c.array_records else None
-        return ClientUpdate(pid, dict(c["metrics"]), head, encoder, stats)
+        snapshot = None
+        if "snapshot" in c.array_records:  # DRFA
+            space = self.info[pid]["space"]
+            snapshot = {"head": unpack(c["snapshot"], HEAD)} if head is not None else {}
+            if encoder is not None:
+                snapshot[f"encoder.{space}"] = unpack(c["snapshot"], ENCODER)
+        return ClientUpdate(pid, dict(c["metrics"]), head, encoder, stats, snapshot)
+
+    # -- DRFA's loss query --------------------------------------------------------------
+    def configure_loss_query(self, rnd: int) -> list[Message]:
+        """DRFA: the snapshot model to uniformly drawn clients, for its loss on their training data."""
+        pids = self.loss_query(rnd)
+        if not pids:
+            return []
+        return self._messages(MessageType.EVALUATE, rnd, {"splits": "train"}, pids, self.snapshot_parts)
+
+    def aggregate_loss_query(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
+        ok = self._vet_evaluate(rnd, self._split_replies(rnd, replies, "loss query"), ("train",), "loss query")
+        return super().aggregate_loss_query(rnd, [(p, r.content["metrics"]) for p, r in ok])
 
     # -- evaluate ---------------------------------------------------------------------
     def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:

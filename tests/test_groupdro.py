@@ -108,4 +108,4 @@ def test_balanced_rejects_unknown_group():
 
 
 def test_every_method_registered():
-    assert METHODS.names() == ["afl", "balanced", "erm", "fgdro_cvar", "fgdro_kl", "groupdro", "iw", "qffl"]
+    assert METHODS.names() == ["afl", "balanced", "drfa", "erm", "fgdro_cvar", "fgdro_kl", "groupdro", "iw", "qffl"]

@@ -22,12 +22,13 @@ from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.fedserver.analysis import RoundAnalysis
 from fedanchors.fedserver.evaluation import EvaluationCore
 from fedanchors.fedserver.state import StateMixin
+from fedanchors.fedserver.units import UnitsMixin
 from fedanchors.health import check_finite, module_tensors
 from fedanchors.losses import anchor_w2_by_group, log_prior
-from fedanchors.methods import build_method
+from fedanchors.methods.qfedavg import qfedavg_step
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import pool_moments
-from fedanchors.population import drop_out, held_out, sample_clients, split_weights
+from fedanchors.population import drop_out, held_out, sample_clients
 from fedanchors.server_opt import build_server_optimizer
 
 
@@ -42,9 +43,10 @@ class ClientUpdate:
     head: dict | None = None
     encoder: dict | None = None
     stats: dict | None = field(default=None, repr=False)
+    snapshot: dict | None = field(default=None, repr=False)  # DRFA: {part: state} at the snapshot step
 
 
-class ServerCore(EvaluationCore, StateMixin):
+class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
     """Server state: head, anchors, shared encoders, GroupDRO q, and each client's bookkeeping.
 
     ``setup(info)`` takes what every client said of itself (partition order); ``plan_round``
@@ -103,7 +105,7 @@ class ServerCore(EvaluationCore, StateMixin):
         self.client_rounds = [0] * len(self.info)
         self.best_rounds = [0] * len(self.info)
         self.missing = [0] * len(self.names)  # per group
-        self.method = build_method(self.cfg.method, self.names)
+        self.setup_units()
         self.log_prior = self._log_prior()
         self.analysis = RoundAnalysis(self.cfg, self.names) if dynamics.enabled(self.cfg) else None
         spaces = [i["space"] for i in self.info]
@@ -129,9 +131,6 @@ class ServerCore(EvaluationCore, StateMixin):
         """The partitions that train (all but the held-out new clients)."""
         return [p for p in range(len(self.cgroup)) if p not in self.held]
 
-    def client_weights(self, group_w: torch.Tensor, pids: list[int]) -> dict[int, float]:
-        return split_weights(group_w, self.cgroup, [i["n"] for i in self.info], sorted(pids))
-
     def shared_parts(self, pid: int) -> dict[str, dict]:
         """What client ``pid`` is sent: its space's shared encoder, the global head, the anchors."""
         space = self.info[pid]["space"]
@@ -155,21 +154,15 @@ class ServerCore(EvaluationCore, StateMixin):
         clients (``federated.clients_per_round``, minus seeded dropouts) in ``self.sampled``, and
         the per-client config (a list holds one value per partition) the clients are told."""
         f = self.cfg.federated
-        gb = self.cfg.optim.group_batch  # fixed-ratio batches: a group counts by its share of a step
-        counts = torch.tensor(
-            [gb[n] if gb else sum(self.info[p]["n"] for p in self.members(g)) for g, n in enumerate(self.names)]
-        )
         # a group that missed a round counts with its last loss (one that never reported leaves the objective at q)
-        losses = self.last_losses
-        if losses is not None and bool(torch.isnan(losses).any()):
-            losses = None
-        self.group_weights = self.method.weights(counts, losses, rnd - 1)
-        pool = self.training()
-        picked = sample_clients([self.cgroup[p] for p in pool], f.clients_per_round, f.sampling, self.cfg.seed, rnd)
-        sampled = [pool[i] for i in picked]
-        self.sampled = drop_out(sampled, f.dropout, self.cfg.seed, rnd)
-        self.sampled_groups = {self.cgroup[p] for p in sampled}
-        w = self.client_weights(self.group_weights, self.sampled)
+        drawn = self.plan_weights(rnd)
+        if self.draws is None:
+            pool = self.training()
+            picked = sample_clients([self.cgroup[p] for p in pool], f.clients_per_round, f.sampling, self.cfg.seed, rnd)
+            drawn = [pool[i] for i in picked]
+        self.sampled = drop_out(drawn, f.dropout, self.cfg.seed, rnd)
+        self.sampled_groups = {self.cgroup[p] for p in drawn}
+        w = self.partition_weights(self.sampled)
         self.weights = torch.tensor([w.get(p, 0.0) for p in range(len(self.info))], dtype=torch.float64)
         spaces = [i["space"] for i in self.info]
         # a client scales its encoder's gradient by the total weight of that encoder's holders
@@ -182,6 +175,8 @@ class ServerCore(EvaluationCore, StateMixin):
             config["analysis_jacobian"] = True
         if self.log_prior is not None:
             config["log_prior"] = [self.log_prior] * len(self.info)
+        if (at := self.snapshot_at(rnd)) is not None:
+            config["snapshot_at"] = at
         return config
 
     def aggregate_round(self, rnd: int, ok: list[ClientUpdate]) -> dict[str, float]:
@@ -208,11 +203,13 @@ class ServerCore(EvaluationCore, StateMixin):
                 self._group_stats(ok, answered) if anchors_used(self.cfg) and self.cfg.analysis.static_dynamic else None
             )
             self.analysis.observe(rnd, self, ok, losses, self.scales, sd)
-        cw = self.client_weights(self.group_weights, pids)  # w_g split over the answering clients
+        cw = self.partition_weights(pids)  # the method's weight of each answering client
         w = [cw[p] for p in pids]
         for p in pids:
             self.client_rounds[p] = rnd
-        norms = self._update_shared(ok, w)
+        norms = self._update_shared(ok, w, losses)
+        if self.draws is not None:
+            self.average_snapshots(ok, w)
         check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
         stacked = self._group_stats(ok, answered) if anchors_used(self.cfg) else None
         if stacked is not None:
@@ -226,14 +223,15 @@ class ServerCore(EvaluationCore, StateMixin):
         gl = [float(self.group_weights[g]) for g in answered]
         if stacked is not None:
             rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
-        self.method.step(losses, rnd - 1)
+        self.method.step(self.losses_by_unit(losses, ok), rnd - 1)
         check(
             {
                 "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
                 "q": self.method.q,
             }
         )
-        carried = losses if self.last_losses is None else torch.where(torch.isnan(losses), self.last_losses, losses)
+        unit = self.losses_by_unit(losses, ok)
+        carried = unit if self.last_losses is None else torch.where(torch.isnan(unit), self.last_losses, unit)
         self.last_losses = carried
         return rec
 
@@ -262,10 +260,11 @@ class ServerCore(EvaluationCore, StateMixin):
         ]  # fmt: skip
         return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
 
-    def _update_shared(self, ok: list[ClientUpdate], w: list[float]) -> list[float]:
+    def _update_shared(self, ok: list[ClientUpdate], w: list[float], losses: torch.Tensor) -> list[float]:
         """Head and shared encoders from the updates (``fedanchors.aggregate.combine_parts``:
-        the norm bound, the aggregation rule), then the server optimizer's step (``sgd`` at lr 1:
-        the combination itself). Returns each client's update norm (before the bound)."""
+        the norm bound, the aggregation rule; q-FFL: the q-FedAvg step), then the server
+        optimizer's step (``sgd`` at lr 1: the combination itself). Returns each client's update
+        norm (before the bound)."""
         f = self.cfg.federated
         current = {"head": self.head.state_dict()} if f.head_sharing == "global" else {}  # local heads stay home
         current.update({f"encoder.{space}": enc.state_dict() for space, enc in self.encoders.items()})
@@ -277,6 +276,8 @@ class ServerCore(EvaluationCore, StateMixin):
             clients.append(mine)
         opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
         combined, norms = combine_parts(current, clients, w, AGGREGATIONS.get(f.aggregation), opts, f.max_update_norm)
+        if combined and getattr(self.method, "qfedavg", False):
+            combined = self._qfedavg(current, ok, clients, losses)
         if not combined:
             return norms
         new = self.server_opt.step(
@@ -291,6 +292,31 @@ class ServerCore(EvaluationCore, StateMixin):
             if part:
                 enc.load_state_dict(part)
         return norms
+
+    def _qfedavg(self, current: dict, ok: list[ClientUpdate], clients: list[dict], losses: torch.Tensor) -> dict:
+        """q-FFL's server step (``fedanchors.methods.qfedavg``) over the method's units: each
+        answering client, or each group's example-weighted mean of its clients' parts."""
+        n = [float(self.info[u.pid]["n"]) for u in ok]
+        if self.by_client:
+            units, unit_loss, shares = clients, [float(u.metrics["loss"]) for u in ok], n
+        else:
+            units, unit_loss, shares = [], [], []
+            for g in sorted({self.cgroup[u.pid] for u in ok}):
+                mine = [i for i, u in enumerate(ok) if self.cgroup[u.pid] == g]
+                total = sum(n[i] for i in mine)
+                parts = {}
+                for name in clients[mine[0]]:
+                    holders = [i for i in mine if name in clients[i]]
+                    parts[name] = {
+                        k: sum(n[i] / total * clients[i][name][k].double() for i in holders)
+                        for k in clients[mine[0]][name]
+                    }
+                units.append(parts)
+                unit_loss.append(float(losses[g]))
+                shares.append(total)
+        p = [s / sum(shares) for s in shares]
+        c = self.cfg.method
+        return qfedavg_step(current, units, unit_loss, p, c.q_fair, c.lipschitz or 1.0 / self.cfg.optim.lr)
 
     def _fit_anchors(self, stacked: dict, wt: torch.Tensor, groups: list[int], check) -> dict[str, float]:
         """The server's anchor update on the clients' class moments; its metrics."""

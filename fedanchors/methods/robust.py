@@ -8,6 +8,11 @@
 - ``qffl``, q-fair federated learning (Li, Sanjabi, Beirami, Smith, ICLR 2020): min sum_g p_g
   L_g^(q+1) / (q+1), p_g the groups' example shares; its gradient is sum_g p_g L_g^q grad L_g,
   so the group weights are proportional to p_g L_g^q (``method.q_fair``; q = 0 is ERM).
+  In federated mode the server takes the q-FedAvg step (``fedanchors.methods.qfedavg``).
+- ``drfa``, distributionally robust federated averaging (Deng, Kamani, Mahdavi, NeurIPS 2020):
+  the same min-max objective as AFL, with clients drawn in proportion to lambda, a snapshot
+  at a random local step and lambda's ascent step from the snapshot's losses on uniformly
+  drawn clients (``fedanchors.fedserver.units``); federated only.
 - ``fgdro_cvar`` (Guo and Yang, NeurIPS 2024): the CVaR objective, the mean of the K largest
   group losses (``method.top_k``): weight 1/K on each of them.
 - ``fgdro_kl`` (the same paper): the KL-regularised objective max_p sum_g p_g L_g - lambda
@@ -79,9 +84,29 @@ class AFL(Method):
         self.q = project_lambda(self.q + self.cfg.eta * grad, self.floor)
 
 
+@METHODS.register("drfa")
+class DRFA(AFL):
+    """DRFA: AFL's lambda, realised by the server's sampling; ascent from the snapshot's losses."""
+
+    draws_clients = True  # the server draws the round's clients in proportion to lambda
+
+    def weights(self, counts, losses, epoch):
+        return masked(self.q, counts)
+
+    def step(self, losses, epoch):
+        """No step from the round's own losses: lambda moves in ``ascent``."""
+
+    def ascent(self, v: torch.Tensor) -> None:
+        """lambda <- Proj_Lambda(lambda + eta v), v the snapshot's loss estimates (eta: the paper's gamma tau)."""
+        self.q = project_lambda(self.q + self.cfg.eta * v.to(torch.float64), self.floor)
+
+
 @METHODS.register("qffl")
 class QFFL(Method):
-    """q-FFL: weights proportional to p_g L_g^q."""
+    """q-FFL: weights proportional to p_g L_g^q (a unit without a loss yet counts with the mean
+    of the known ones); federated, the server takes the q-FedAvg step."""
+
+    qfedavg = True
 
     def __init__(self, cfg: MethodConfig, groups: list[str]) -> None:
         super().__init__(cfg, groups)
@@ -93,7 +118,9 @@ class QFFL(Method):
         lw = _losses(losses, counts)
         if lw is None or self.cfg.q_fair == 0:
             return masked(p, counts)
-        w = masked(p * torch.nan_to_num(lw, nan=0.0).clamp_min(0) ** self.cfg.q_fair, counts)
+        known = lw[~torch.isnan(lw)]
+        lw = torch.nan_to_num(lw, nan=float(known.mean()))
+        w = masked(p * lw.clamp_min(0) ** self.cfg.q_fair, counts)
         self.q = w
         return w
 
