@@ -197,6 +197,8 @@ def _summary(tr: Trainer, p: Progress, t: int, run: RunDir | None, t0: float) ->
         "mode": tr.mode,
         f"best_{tr.unit}": p.best_t,
         f"{tr.unit}s_run": t,
+        f"{tr.unit}s_planned": tr.total,
+        "stopped_early": bool(p.stopped),  # on patience (optim.patience): validation acc_wg had plateaued
         "best_val_acc_wg": p.best,
         **{f"test_{k}": v for k, v in test.items()},
         **tr.final(),

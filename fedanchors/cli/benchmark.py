@@ -16,7 +16,9 @@ Every (method, lr, seed) is a point of ``fedanchors.sweep`` (its own directory, 
 done, resumed when interrupted). Each method's learning rate is the one with the best mean
 validation ``acc_wg`` over the grid seeds (every seed unless ``grid_seeds`` says fewer); the
 table reports that learning rate's test metrics as mean ± std over seeds (``benchmark.md``)
-and ``benchmark.png`` plots test ``acc_wg`` against the MB communicated per round.
+and ``benchmark.png`` plots test ``acc_wg`` against the MB communicated per round. The table
+also gives each method's best (selected) round and how many seeds stopped on patience
+(``optim.patience``); a seed that ran to the cap is reported "not converged at R".
 """
 
 from __future__ import annotations
@@ -84,12 +86,27 @@ def summarize(results: dict[str, dict[float, list[dict]]], grid_seeds: int) -> t
         runs = by_lr[lr]
         mb = [(r["bytes_sent"] + r["bytes_received"]) / 1e6 / max(1, r["rounds_run"]) for r in runs]
         rows[method] = {"lr": lr, "runs": runs, "mb": mb}
-    head = "| method | lr | seeds | " + " | ".join(c for c, _ in COLUMNS) + " | MB per round |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    head = "| method | lr | seeds | " + " | ".join(c for c, _ in COLUMNS) + " | MB per round | best round | converged |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 6)]
     for method, r in rows.items():
         cells = [_cell([x.get(k) for x in r["runs"]]) for _, k in COLUMNS]
-        lines.append(f"| {method} | {r['lr']:g} | {len(r['runs'])} | " + " | ".join(cells) + f" | {_cell(r['mb'])} |")
+        unit = "round" if r["runs"][0].get("mode") == "federated" else "epoch"
+        best = _cell([x.get(f"best_{unit}") for x in r["runs"]])
+        lines.append(
+            f"| {method} | {r['lr']:g} | {len(r['runs'])} | " + " | ".join(cells)
+            + f" | {_cell(r['mb'])} | {best} | {converged(r['runs'], unit)} |"
+        )  # fmt: skip
     return "\n".join(lines) + "\n", rows
+
+
+def converged(runs: list[dict], unit: str) -> str:
+    """How many seeds stopped on patience (validation acc_wg flat for ``optim.patience``); the
+    others ran to their cap and are reported "not converged at R"."""
+    done = sum(bool(r.get("stopped_early")) for r in runs)
+    if done == len(runs):
+        return f"{done}/{len(runs)}"
+    caps = sorted({r.get(f"{unit}s_planned", r.get(f"{unit}s_run")) for r in runs if not r.get("stopped_early")})
+    return f"{done}/{len(runs)}; not converged at {', '.join(str(c) for c in caps)}"
 
 
 def plot(rows: dict, path: Path) -> None:
