@@ -20,6 +20,7 @@ from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import stats_to_moments
 from fedanchors.population import Client, build_population, client_data
+from fedanchors.privacy import private_reply
 from fedanchors.rundir import resolve_device, seed_everything
 from fedanchors.runs import build_data
 from fedanchors.train import LocalWork, adapt_encoder, local_train, make_optimizer, steps_per_epoch
@@ -244,6 +245,25 @@ def _jacobians(cfg: Config, model: ClientModel, group: GroupData, pid: int, rnd:
     return encoder_head_jacobians(model.encoder, model.head, x, a.projections, gen)
 
 
+def _shared(cfg: Config, model: ClientModel, conf) -> dict[str, dict[str, torch.Tensor]]:
+    """Copies of the parts the server aggregates (the global head, a shared encoder), in the
+    order the server flattens them."""
+    out = {"head": _copy(model.head)} if cfg.federated.head_sharing == "global" else {}
+    if bool(conf["encoder_shared"]):
+        out["encoder"] = _copy(model.encoder)
+    return out
+
+
+def _private_message(cfg: Config, msg: Message, before: dict, after: dict, res: dict, n: int, pid: int, rnd: int):
+    """The reply under privacy: the release (``fedanchors.privacy``) and who sent it, nothing else."""
+    stats = res["stats"] if anchors_used(cfg) else None
+    std = float(msg.content["config"].get("privacy_std", 0.0))
+    rel = private_reply(cfg, before, after, stats, n, res["loss"], std, pid, rnd)
+    metrics = MetricRecord({"partition": pid, "num-examples": n})
+    content = RecordDict({"private": pack_arrays(**{k: v.numpy() for k, v in rel.items()}), "metrics": metrics})
+    return Message(content, reply_to=msg)
+
+
 def _local_steps(cfg: Config, data: ScenarioData, group: GroupData) -> int:
     """A round's local steps: ``local_steps``, else ``local_epochs`` passes over the client's data
     (with fixed-ratio batches, ``optim.group_batch``, every client takes the same number)."""
@@ -267,6 +287,8 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     start = {"head": _copy(model.head), "encoder": _copy(model.encoder)} if bad else {}
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
     f = cfg.federated
+    private = cfg.privacy.enabled and not stock
+    before = _shared(cfg, model, conf) if private else {}
     steps = _local_steps(cfg, data, group)
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches", pid, rnd))
     jac = _jacobians(cfg, model, group, pid, rnd) if (not stock and conf.get("analysis_jacobian")) else {}
@@ -280,6 +302,7 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         batch_size=cfg.optim.group_batch.get(group.name, 0), prox_mu=f.prox_mu, prox_ref=tuple(prox),
         loss=cfg.loss, logp=_log_prior(conf),
         snapshot_step=max(1, math.ceil(float(conf["snapshot_at"]) * steps)) if conf.get("snapshot_at") else 0,
+        clip_code=cfg.privacy.clip_code if private else 0.0,
     )  # fmt: skip
     res = local_train(model.encoder, model.head, model.anchors, group.train, model.opt, work, gen, model.device)
     keep_from, keep = (
@@ -290,6 +313,8 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         arrays = pack(head=model.head.state_dict(), anchors=model.anchors.state_dict())
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    if private:  # one release of bounded norm, noised here when privacy.noise is local
+        return _private_message(cfg, msg, before, _shared(cfg, model, conf), res, len(group.train), pid, rnd)
     shared = bool(conf["encoder_shared"])
     parts = {"encoder": model.encoder.state_dict()} if shared else {}
     if f.head_sharing == "global":

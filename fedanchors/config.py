@@ -36,6 +36,7 @@ from fedanchors.config_sections import (  # noqa: F401 (the sections, importable
     MethodConfig,
     ModelConfig,
     OptimConfig,
+    PrivacyConfig,
 )
 from fedanchors.errors import ConfigError
 from fedanchors.group_spec import compact
@@ -101,6 +102,7 @@ class Config:
     dfr: DFRConfig = field(default_factory=DFRConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 _CHOICES = {
@@ -119,6 +121,8 @@ _CHOICES = {
     "federated.sampling": ("stratified", "uniform"),
     "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
+    "method.level": ("group", "client"),
+    "privacy.noise": ("central", "local"),
 }
 
 

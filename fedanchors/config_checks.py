@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from fedanchors.config import Config
+from fedanchors.config import Config, anchors_used
 from fedanchors.errors import ConfigError
 from fedanchors.names import check_name
 
@@ -19,6 +19,8 @@ def validate(cfg: Config) -> None:
     _check_ranges(cfg)
     _check_federated(cfg)
     _check_method(cfg)
+    if cfg.privacy.enabled:
+        _check_privacy(cfg)
     if cfg.dfr.enabled:
         _check_dfr(cfg)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
@@ -134,8 +136,6 @@ CLIENT_LEVEL = ("afl", "qffl", "drfa")  # the methods whose papers define their 
 def _check_method(cfg: Config) -> None:
     """What the method weights, and the methods that only have a federated reading."""
     m, f = cfg.method, cfg.federated
-    if m.level not in ("group", "client"):
-        raise ConfigError(f"method.level: {m.level!r} is not group or client")
     if m.level == "client" and m.name not in CLIENT_LEVEL:
         raise ConfigError(f"method.level: client is defined for {', '.join(CLIENT_LEVEL)}, not {m.name}; use group")
     if m.level == "client" and cfg.mode != "federated":
@@ -151,6 +151,44 @@ def _check_method(cfg: Config) -> None:
             "method.name: qffl takes the q-FedAvg server step in place of the aggregation rule; "
             "set federated.aggregation: mean and federated.max_update_norm: 0"
         )
+
+
+def _check_privacy(cfg: Config) -> None:
+    """The privacy section's ranges, and what its mechanism and accounting cannot cover."""
+    from fedanchors import dynamics
+
+    p, f, m = cfg.privacy, cfg.federated, cfg.method
+    if cfg.mode != "federated":
+        raise ConfigError("privacy protects what clients send: it needs mode: federated")
+    if p.target_epsilon < 0 or p.noise_multiplier < 0 or (p.target_epsilon == 0 and p.noise_multiplier == 0):
+        raise ConfigError(
+            f"privacy.target_epsilon must be > 0 (or give privacy.noise_multiplier > 0), got "
+            f"target_epsilon={p.target_epsilon:g}, noise_multiplier={p.noise_multiplier:g}"
+        )
+    if not 0 < p.delta < 1:
+        raise ConfigError(f"privacy.delta must be in (0, 1), e.g. 1e-5, got {p.delta:g}")
+    for key in ("clip_update", "clip_code", "clip_loss"):
+        if not (math.isfinite(getattr(p, key)) and getattr(p, key) > 0):
+            raise ConfigError(f"privacy.{key} must be a finite bound > 0, got {getattr(p, key)}")
+    if f.clients_per_round > 0 and f.sampling != "uniform":
+        raise ConfigError(
+            "privacy accounts for clients drawn uniformly: set federated.sampling: uniform "
+            "(or federated.clients_per_round: 0, every client every round)"
+        )
+    if m.level == "client" or m.name in ("drfa", "qffl"):
+        raise ConfigError(
+            f"method.name: {m.name} (method.level: {m.level}) reads single clients' models or losses, which "
+            "privacy sums per group; use a group-level method (erm, groupdro, afl, fgdro_cvar, fgdro_kl)"
+        )
+    if f.aggregation != "mean" or f.max_update_norm > 0:
+        raise ConfigError(
+            "privacy bounds each update (privacy.clip_update) and sees only sums: set federated.aggregation: "
+            "mean and leave federated.max_update_norm at 0"
+        )
+    if anchors_used(cfg) and f.class_stats != "running":
+        raise ConfigError("privacy clips the codes of the running statistics: set federated.class_stats: running")
+    if dynamics.enabled(cfg):
+        raise ConfigError("the gap analyses read single clients' replies, which privacy hides; turn analysis off")
 
 
 def _check_dfr(cfg: Config) -> None:

@@ -284,3 +284,26 @@ class AnalysisConfig:
     projections: int = 8  # random projections per Jacobian estimate
     jacobian_examples: int = 256  # per group
     probe_C: float = 1.0  # inverse L1 strength of the static part's group-balanced probe
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy of what a client sends each round (federated only;
+    ``fedanchors.privacy``): its head (and shared encoder) update clipped to ``clip_update``,
+    its class statistics from latent codes clipped to ``clip_code`` and normalised by its
+    example count, its loss clipped to [0, ``clip_loss``], one Gaussian mechanism over them,
+    the noise added on the client (``local``) or after the server sums a group's clients
+    (``central``). ``target_epsilon`` (with ``delta``) picks the noise multiplier for the
+    planned rounds; or give ``noise_multiplier`` (then ``target_epsilon``, if given, is a
+    budget the run stops before exceeding). ``seeded_noise``: noise from the run's seed, so a
+    study repeats exactly; a deployment's must not be (the default draws it from the OS)."""
+
+    enabled: bool = False
+    noise: str = "central"  # central (the server adds it to each group's sum) | local (each client)
+    target_epsilon: float = 0.0
+    delta: float = 1.0e-5
+    noise_multiplier: float = 0.0  # 0: chosen from target_epsilon for federated.rounds
+    clip_update: float = 1.0  # L2 bound on a client's whole update (head and shared encoder)
+    clip_code: float = 1.0  # L2 bound on each latent code before its statistics are taken
+    clip_loss: float = 5.0  # the group loss GroupDRO reads, clipped to [0, clip_loss]
+    seeded_noise: bool = False

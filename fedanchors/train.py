@@ -177,7 +177,8 @@ class LocalWork:
     > 0 adds FedProx's prox_mu/2 ||w - w_ref||^2 over the (parameter, reference) pairs of
     ``prox_ref``. ``loss`` (a LossConfig) replaces CE by a long-tail loss, with ``logp`` the
     global log class prior the server sends. ``snapshot_step`` > 0 keeps a copy of the head and
-    encoder after that step (DRFA's snapshot: ``local_train`` returns it as ``snapshot``).
+    encoder after that step (DRFA's snapshot: ``local_train`` returns it as ``snapshot``);
+    ``clip_code`` > 0 bounds each code's norm before it enters the statistics (privacy).
     """
 
     steps: int
@@ -191,6 +192,7 @@ class LocalWork:
     loss: object = None
     logp: torch.Tensor | None = None
     snapshot_step: int = 0
+    clip_code: float = 0.0  # > 0: codes clipped to this L2 norm before the statistics (privacy)
 
 
 _DIVERGED = {"loss": float("nan"), "loss_first": float("nan"), "fit": float("nan"), "stats": None}
@@ -235,7 +237,10 @@ def local_train(
         ce_sum, fit_sum = ce_sum + ce, fit_sum + fit
         first = ce if first is None else first  # the loss at the model the round started from
         if work.num_classes:
-            part = class_sufficient_stats(z.detach().cpu(), y.cpu(), work.num_classes, anchors.structure)
+            zs = z.detach().cpu()
+            if work.clip_code:  # privacy: each code's norm bounded before it enters the statistics
+                zs = zs * (work.clip_code / zs.norm(dim=-1, keepdim=True).clamp_min(work.clip_code))
+            part = class_sufficient_stats(zs, y.cpu(), work.num_classes, anchors.structure)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
     out = {"loss": ce_sum / work.steps, "loss_first": first, "fit": fit_sum / work.steps, "stats": stats}
     return out | ({"snapshot": snapshot} if snapshot is not None else {})

@@ -20,6 +20,7 @@ from fedanchors.loop import run_loop
 from fedanchors.models import stable_seed
 from fedanchors.resume import MISMATCH, mismatch
 from fedanchors.rundir import RunDir
+from server.privacy import check_budget
 from server.strategy import FedAnchors
 
 
@@ -63,10 +64,14 @@ class FederatedTrainer:
         self.total, self.eval_every = cfg.federated.rounds, cfg.federated.eval_every
         self.timeout = cfg.federated.round_timeout
         self.rnd = 0
+        self.budget = None  # privacy: the accountant (server.privacy), made once the clients are known
         self.train_record: dict[str, float] = {}
 
     def setup(self) -> None:
         self.server.discover(self.grid)
+        self.budget = check_budget(self.cfg, len(self.server.training()))
+        if self.budget is not None:
+            self.server.privacy_std = self.budget.std
 
     def side_logs(self) -> dict[str, list[dict]]:
         """The gap analyses' finished records (the loop writes and clears them)."""
@@ -74,6 +79,8 @@ class FederatedTrainer:
 
     def train(self, t: int) -> dict[str, float]:
         self.rnd = t
+        if self.budget is not None:
+            self.budget.check(t)  # stops before a round that would exceed privacy.target_epsilon
         replies = self.grid.send_and_receive(self.server.configure_train(t), timeout=self.timeout)
         out = self.server.aggregate_train(t, replies)
         query = self.server.configure_loss_query(t)  # DRFA: the snapshot's losses, for lambda's step
@@ -89,7 +96,10 @@ class FederatedTrainer:
         return out
 
     def extras(self) -> dict[str, float]:
-        return self.server.record_extras()
+        out = self.server.record_extras()
+        if self.budget is not None:
+            out["privacy_epsilon"] = self.budget.epsilon(self.rnd)
+        return out
 
     def end(self, t: int) -> Exception | None:
         self.server.count_missing()
@@ -121,6 +131,10 @@ class FederatedTrainer:
             replies = self.grid.send_and_receive(s.configure_adapt(self.total + 2), timeout=self.timeout)
             out |= s.aggregate_adapt(self.total + 2, replies)
         device = "cpu" if self.cfg.federated.num_gpus == 0 else "cuda"
+        if self.budget is not None:
+            b = self.budget
+            out |= {"privacy_epsilon": b.epsilon(self.rnd), "privacy_delta": self.cfg.privacy.delta,
+                    "privacy_noise_multiplier": b.z, "privacy_noise_std": b.std}  # fmt: skip
         return out | {"bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received, "device": device}
 
 

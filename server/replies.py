@@ -19,6 +19,7 @@ from clients.protocol import ENCODER, HEAD, STATE_LOST, WRITE_FAILED, message_by
 from fedanchors.config import anchors_used
 from fedanchors.errors import FedAnchorsError
 from fedanchors.fileio import WriteError, append_line
+from fedanchors.privacy import release_problem
 from fedanchors.reply_checks import evaluation_problem, scalar_problem, state_problem, stats_problem
 
 log = logging.getLogger("fedanchors.server")
@@ -114,11 +115,15 @@ class RepliesMixin:
     def _train_problem(self, pid: int, r: Message) -> str:
         """Why a training reply cannot be used ("" when it can)."""
         c = r.content
-        if "metrics" not in c.metric_records or "global" not in c.array_records:
+        if "metrics" not in c.metric_records or not ({"global", "private"} & set(c.array_records)):
             return "no metrics or arrays"
         m = c["metrics"]
         if m.get("partition", pid) != pid:
             return f"it claims partition {m.get('partition')}"
+        if self.cfg.privacy.enabled:
+            if "private" not in c.array_records:
+                return "no private release (privacy.enabled)"
+            return release_problem(unpack_arrays(c["private"]), self.release_shapes(pid))
         why = scalar_problem("loss", m.get("loss"), 0.0) or scalar_problem("fit", m.get("fit"), 0.0)
         if why:
             return why

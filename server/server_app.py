@@ -71,10 +71,12 @@ def _flwr_run_app() -> ServerApp:
 def _flwr_run(grid: Grid, context: Context) -> None:
     from fedanchors.preflight import check_against_data
     from fedanchors.runs import build_data
+    from server.privacy import preflight
 
     cfg = from_run_config(context.run_config)
     data = build_data(cfg.data)
     check_against_data(cfg, data)
+    preflight(cfg, data)
     where = str(context.run_config.get("run-dir", "") or "")
     run = RunDir.create_at(Path(where), cfg) if where else RunDir.create(cfg)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
@@ -105,6 +106,9 @@ class FedAnchors(ServerCore, RepliesMixin):
 
     def _update(self, pid: int, r: Message) -> ClientUpdate:
         c = r.content
+        if "private" in c.array_records:  # privacy: the release is all a client sends
+            release = {k: torch.from_numpy(v).double() for k, v in unpack_arrays(c["private"]).items()}
+            return ClientUpdate(pid, dict(c["metrics"]), release=release)
         head = unpack(c["global"], HEAD) if self.cfg.federated.head_sharing == "global" else None
         encoder = unpack(c["global"], ENCODER) if self.info[pid]["space"] in self.encoders else None
         stats = unpack_arrays(c["stats"]) if "stats" in c.array_records else None

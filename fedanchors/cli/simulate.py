@@ -59,6 +59,10 @@ def _checks(cfg: Config):
     federated = _federated(cfg)
     data = build_data(cfg.data)
     check_against_data(cfg, data)
+    if cfg.privacy.enabled:
+        from server.privacy import preflight
+
+        preflight(cfg, data)  # a budget the planned rounds would exceed: one line, nothing written
     return federated, data
 
 

@@ -21,6 +21,7 @@ from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.fedserver.analysis import RoundAnalysis
 from fedanchors.fedserver.evaluation import EvaluationCore
+from fedanchors.fedserver.private import PrivateMixin
 from fedanchors.fedserver.state import StateMixin
 from fedanchors.fedserver.units import UnitsMixin
 from fedanchors.health import check_finite, module_tensors
@@ -44,9 +45,10 @@ class ClientUpdate:
     encoder: dict | None = None
     stats: dict | None = field(default=None, repr=False)
     snapshot: dict | None = field(default=None, repr=False)  # DRFA: {part: state} at the snapshot step
+    release: dict | None = field(default=None, repr=False)  # privacy: the client's blocks (fedanchors.privacy)
 
 
-class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
+class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
     """Server state: head, anchors, shared encoders, GroupDRO q, and each client's bookkeeping.
 
     ``setup(info)`` takes what every client said of itself (partition order); ``plan_round``
@@ -175,6 +177,8 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
             config["analysis_jacobian"] = True
         if self.log_prior is not None:
             config["log_prior"] = [self.log_prior] * len(self.info)
+        if self.cfg.privacy.enabled and self.cfg.privacy.noise == "local":
+            config["privacy_std"] = self.privacy_std  # each client noises its own release
         if (at := self.snapshot_at(rnd)) is not None:
             config["snapshot_at"] = at
         return config
@@ -191,7 +195,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
         check = self._checker(f"round {rnd}")
         answered = sorted({self.cgroup[p] for p in pids})
         self.round_ok = set(answered)
-        losses, fits = self._group_losses(ok, answered)
+        est, losses, fits = self._round_losses(rnd, ok, answered)
         gw = self.group_weights[answered].double()
         if float(gw.sum()) <= 0:
             raise RunFailed(
@@ -207,17 +211,22 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
         w = [cw[p] for p in pids]
         for p in pids:
             self.client_rounds[p] = rnd
-        norms = self._update_shared(ok, w, losses)
+        norms = self._update_shared(ok, w, losses, est)
         if self.draws is not None:
             self.average_snapshots(ok, w)
         check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
-        stacked = self._group_stats(ok, answered) if anchors_used(self.cfg) else None
+        if est is not None:
+            stacked = self.private_stats(est, answered)
+        else:
+            stacked = self._group_stats(ok, answered) if anchors_used(self.cfg) else None
         if stacked is not None:
             self.last_stats = stacked
             check({f"the class statistics ({k})": v for k, v in stacked.items()})
         wt = gw / gw.sum()
         # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
-        rec = {"loss": float((wt * losses[answered]).sum()), "fit": float((wt * fits[answered]).sum())}
+        rec = {"loss": float((wt * losses[answered]).sum())}
+        if est is None:  # a private client's fit is not sent
+            rec["fit"] = float((wt * fits[answered]).sum())
         if norms:  # the clients' update norms before any bound: what federated.max_update_norm is set against
             rec |= {"update_norm_median": statistics.median(norms), "update_norm_max": max(norms)}
         gl = [float(self.group_weights[g]) for g in answered]
@@ -234,6 +243,17 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
         carried = unit if self.last_losses is None else torch.where(torch.isnan(unit), self.last_losses, unit)
         self.last_losses = carried
         return rec
+
+    def _round_losses(self, rnd: int, ok: list[ClientUpdate], answered: list[int]):
+        """(the private estimates or None, each group's loss and fit); under privacy the losses
+        are the groups' noisy estimates and no fit is sent (zeros, left out of the record)."""
+        if not self.cfg.privacy.enabled:
+            return None, *self._group_losses(ok, answered)
+        est = self.private_groups(rnd, ok, answered)
+        losses = torch.full((len(self.names),), float("nan"), dtype=torch.float64)
+        for g, e in est.items():
+            losses[g] = float(e["loss"])
+        return est, losses, torch.zeros_like(losses)
 
     def _group_losses(self, ok: list[ClientUpdate], answered: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each group's loss and fit (G,): the example-weighted mean of its answering clients'
@@ -260,7 +280,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
         ]  # fmt: skip
         return {k: torch.stack([x[i] for x in pooled]) for i, k in enumerate(("counts", "means", "covs"))}
 
-    def _update_shared(self, ok: list[ClientUpdate], w: list[float], losses: torch.Tensor) -> list[float]:
+    def _update_shared(self, ok: list[ClientUpdate], w: list[float], losses: torch.Tensor, est=None) -> list[float]:
         """Head and shared encoders from the updates (``fedanchors.aggregate.combine_parts``:
         the norm bound, the aggregation rule; q-FFL: the q-FedAvg step), then the server
         optimizer's step (``sgd`` at lr 1: the combination itself). Returns each client's update
@@ -268,16 +288,20 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin):
         f = self.cfg.federated
         current = {"head": self.head.state_dict()} if f.head_sharing == "global" else {}  # local heads stay home
         current.update({f"encoder.{space}": enc.state_dict() for space, enc in self.encoders.items()})
-        clients = []
-        for u in ok:
-            mine = {"head": u.head} if "head" in current else {}
-            if self.info[u.pid]["space"] in self.encoders:
-                mine[f"encoder.{self.info[u.pid]['space']}"] = u.encoder
-            clients.append(mine)
-        opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
-        combined, norms = combine_parts(current, clients, w, AGGREGATIONS.get(f.aggregation), opts, f.max_update_norm)
-        if combined and getattr(self.method, "qfedavg", False):
-            combined = self._qfedavg(current, ok, clients, losses)
+        if est is not None:  # privacy: only the groups' noisy mean updates
+            combined, norms = self.private_combined(current, est, sorted(est)), []
+        else:
+            clients = []
+            for u in ok:
+                mine = {"head": u.head} if "head" in current else {}
+                if self.info[u.pid]["space"] in self.encoders:
+                    mine[f"encoder.{self.info[u.pid]['space']}"] = u.encoder
+                clients.append(mine)
+            opts = AggregationOptions(f.trim_fraction, f.krum_byzantine)
+            rule = AGGREGATIONS.get(f.aggregation)
+            combined, norms = combine_parts(current, clients, w, rule, opts, f.max_update_norm)
+            if combined and getattr(self.method, "qfedavg", False):
+                combined = self._qfedavg(current, ok, clients, losses)
         if not combined:
             return norms
         new = self.server_opt.step(
