@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from clients import secure
 from clients.protocol import ANCHORS, ENCODER, HEAD, STATE_LOST, WRITE_FAILED, pack, pack_arrays, unpack
 from fedanchors.analysis import group_class_gaussians
 from fedanchors.config import Config, anchors_used, to_dict
@@ -254,11 +255,15 @@ def _shared(cfg: Config, model: ClientModel, conf) -> dict[str, dict[str, torch.
     return out
 
 
-def _private_message(cfg: Config, msg: Message, before: dict, after: dict, res: dict, n: int, pid: int, rnd: int):
-    """The reply under privacy: the release (``fedanchors.privacy``) and who sent it, nothing else."""
+def _private_message(cfg: Config, msg, context, before: dict, after: dict, res: dict, n: int, pid: int, rnd: int):
+    """The reply under privacy: the release (``fedanchors.privacy``) and who sent it, nothing
+    else; with secure aggregation only the public keys (``clients.secure``), the release
+    staying here until it leaves masked."""
     stats = res["stats"] if anchors_used(cfg) else None
     std = float(msg.content["config"].get("privacy_std", 0.0))
     rel = private_reply(cfg, before, after, stats, n, res["loss"], std, pid, rnd)
+    if cfg.privacy.secure_aggregation:
+        return secure.begin(msg, context, pid, n, rel, cfg.privacy.secagg_threshold)
     metrics = MetricRecord({"partition": pid, "num-examples": n})
     content = RecordDict({"private": pack_arrays(**{k: v.numpy() for k, v in rel.items()}), "metrics": metrics})
     return Message(content, reply_to=msg)
@@ -314,7 +319,8 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         metrics = MetricRecord({"num-examples": len(group.train), "loss": res["loss"]})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     if private:  # one release of bounded norm, noised here when privacy.noise is local
-        return _private_message(cfg, msg, before, _shared(cfg, model, conf), res, len(group.train), pid, rnd)
+        after = _shared(cfg, model, conf)
+        return _private_message(cfg, msg, context, before, after, res, len(group.train), pid, rnd)
     shared = bool(conf["encoder_shared"])
     parts = {"encoder": model.encoder.state_dict()} if shared else {}
     if f.head_sharing == "global":
@@ -370,8 +376,11 @@ def evaluate(msg: Message, context: Context, cfg: Config, state_dir: str = "") -
 
 
 def query(msg: Message, context: Context, cfg: Config) -> Message:
-    """Who this node is: partition, group, input space and shape, example count."""
+    """Who this node is: partition, group, input space and shape, example count (or a step of
+    secure aggregation, ``clients.secure``)."""
     pid = int(context.node_config["partition-id"])
+    if "config" in msg.content.config_records and "secagg_stage" in msg.content["config"]:
+        return secure.step(msg, context, pid)
     g, gi = client_group(cfg, pid)
     info = ConfigRecord(
         {"group": g.name, "space": g.space, "shape": list(g.shape), "vocab_size": int(g.meta.get("vocab_size", 0))}

@@ -189,6 +189,15 @@ def _check_privacy(cfg: Config) -> None:
         raise ConfigError("privacy clips the codes of the running statistics: set federated.class_stats: running")
     if dynamics.enabled(cfg):
         raise ConfigError("the gap analyses read single clients' replies, which privacy hides; turn analysis off")
+    if p.secure_aggregation and p.secagg_threshold < 2:
+        raise ConfigError(
+            f"privacy.secagg_threshold must be >= 2 (shares that rebuild a key), got {p.secagg_threshold}"
+        )
+    if p.secure_aggregation and 0 < f.clients_per_round < p.secagg_threshold:
+        raise ConfigError(
+            f"privacy.secagg_threshold={p.secagg_threshold} needs that many clients of a group in a round, and "
+            f"federated.clients_per_round={f.clients_per_round} is fewer; raise it or lower the threshold"
+        )
 
 
 def _check_dfr(cfg: Config) -> None:

@@ -307,3 +307,5 @@ class PrivacyConfig:
     clip_code: float = 1.0  # L2 bound on each latent code before its statistics are taken
     clip_loss: float = 5.0  # the group loss GroupDRO reads, clipped to [0, clip_loss]
     seeded_noise: bool = False
+    secure_aggregation: bool = False  # the server learns only each group's sum (SecAgg+, clients.secagg)
+    secagg_threshold: int = 3  # Shamir threshold: shares that rebuild a key; clients a group's sum needs

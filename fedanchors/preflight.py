@@ -28,7 +28,16 @@ def check_against_data(cfg: Config, data) -> None:
     unknown = sorted(set(f.group_clients) - set(data.names))
     if unknown:
         raise ConfigError(f"federated.group_clients names no group {unknown}; the groups are {data.names}")
-    n = len(build_population(data, f, cfg.seed))  # a partition that cannot be made fails here
+    population = build_population(data, f, cfg.seed)  # a partition that cannot be made fails here
+    n = len(population)
+    t = cfg.privacy.secagg_threshold
+    if cfg.privacy.enabled and cfg.privacy.secure_aggregation:
+        small = [data.names[g] for g in range(len(data.names)) if sum(c.group == g for c in population) < t]
+        if small:
+            raise ConfigError(
+                f"privacy.secagg_threshold={t}: group(s) {small} have fewer clients, so their sums could never be "
+                "aggregated securely; give them more clients (federated.clients / group_clients) or lower it"
+            )
     if cfg.method.level == "client" and n < 2:
         raise ConfigError(
             f"method.level: client weighs clients against each other, and this population has {n} client(s) "

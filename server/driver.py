@@ -21,6 +21,7 @@ from fedanchors.models import stable_seed
 from fedanchors.resume import MISMATCH, mismatch
 from fedanchors.rundir import RunDir
 from server.privacy import check_budget
+from server.secure import aggregate_secure
 from server.strategy import FedAnchors
 
 
@@ -82,7 +83,10 @@ class FederatedTrainer:
         if self.budget is not None:
             self.budget.check(t)  # stops before a round that would exceed privacy.target_epsilon
         replies = self.grid.send_and_receive(self.server.configure_train(t), timeout=self.timeout)
-        out = self.server.aggregate_train(t, replies)
+        if self.cfg.privacy.enabled and self.cfg.privacy.secure_aggregation:
+            out = aggregate_secure(self.server, self.grid, t, replies, self.timeout)
+        else:
+            out = self.server.aggregate_train(t, replies)
         query = self.server.configure_loss_query(t)  # DRFA: the snapshot's losses, for lambda's step
         if query:
             out |= self.server.aggregate_loss_query(t, self.grid.send_and_receive(query, timeout=self.timeout))

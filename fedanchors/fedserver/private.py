@@ -24,6 +24,7 @@ class PrivateMixin:
     group's sum; local: on each release), set by whoever accounts for the budget."""
 
     privacy_std: float = 0.0
+    secure_sums: dict | None = None  # secure aggregation: group -> (summed release, clients, a member)
 
     def release_shapes(self, pid: int) -> dict[str, tuple]:
         """The blocks (and shapes) client ``pid``'s private reply must have."""
@@ -52,16 +53,19 @@ class PrivateMixin:
         p = self.cfg.privacy
         out = {}
         for g in answered:
-            mine = [u for u in ok if self.cgroup[u.pid] == g]
-            total = sum_releases([u.release for u in mine])
+            if self.secure_sums is not None:  # only the group's sum was ever seen
+                total, k, member = self.secure_sums[g]
+            else:
+                mine = [u for u in ok if self.cgroup[u.pid] == g]
+                total, k, member = sum_releases([u.release for u in mine]), len(mine), mine[0].pid
             if p.noise == "central":
                 total = add_noise(total, self.privacy_std, noise_generator(p, self.cfg.seed, "central", rnd, g))
                 std = self.privacy_std
             else:  # each release carries its own noise: the sum's is sqrt(K) times larger
-                std = self.privacy_std * math.sqrt(len(mine))
-            est = group_estimate(total, len(mine), p, std, self.cfg.anchors.cov_eps)
+                std = self.privacy_std * math.sqrt(k)
+            est = group_estimate(total, k, p, std, self.cfg.anchors.cov_eps)
             if "update" in est:
-                est["parts"] = unflatten(est.pop("update"), self.private_layout(mine[0].pid))
+                est["parts"] = unflatten(est.pop("update"), self.private_layout(member))
             out[g] = est
         return out
 
