@@ -52,7 +52,7 @@ def test_the_table_says_which_seeds_converged():
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "bench").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_benchmarks_load_and_every_method_builds(path):
     spec = load_bench(str(path))
-    assert len(spec["methods"]) >= 6 and spec["seeds"] == 3
+    assert len(spec["methods"]) >= 2 and spec["seeds"] == 3
     for method in spec["methods"]:
         cfg = load_config(REPO / spec["config"], [*spec["set"], f"baseline={method}"])
         assert cfg.baseline == method and cfg.mode == "federated"
