@@ -19,7 +19,7 @@ from fedanchors.data import GroupData, ScenarioData
 from fedanchors.fileio import WriteError, write_atomic
 from fedanchors.metrics import split_counts
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
-from fedanchors.moments import stats_to_moments
+from fedanchors.moments import class_sufficient_stats, stats_to_moments
 from fedanchors.population import Client, build_population, client_data
 from fedanchors.privacy import private_reply
 from fedanchors.rundir import resolve_device, seed_everything
@@ -255,11 +255,16 @@ def _shared(cfg: Config, model: ClientModel, conf) -> dict[str, dict[str, torch.
     return out
 
 
-def _private_message(cfg: Config, msg, context, before: dict, after: dict, res: dict, n: int, pid: int, rnd: int):
+def _private_message(
+    cfg: Config, msg, context, before: dict, after: dict, res: dict, n: int, pid: int, rnd: int, C: int
+):
     """The reply under privacy: the release (``fedanchors.privacy``) and who sent it, nothing
     else; with secure aggregation only the public keys (``clients.secure``), the release
     staying here until it leaves masked."""
     stats = res["stats"] if anchors_used(cfg) else None
+    if anchors_used(cfg) and stats is None:  # local training diverged: every block still sent, the loss NaN
+        empty = torch.zeros(0, cfg.model.latent_dim)
+        stats = class_sufficient_stats(empty, torch.zeros(0, dtype=torch.long), C, cfg.anchors.covariance)
     std = float(msg.content["config"].get("privacy_std", 0.0))
     rel = private_reply(cfg, before, after, stats, n, res["loss"], std, pid, rnd)
     if cfg.privacy.secure_aggregation:
@@ -320,7 +325,7 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
     if private:  # one release of bounded norm, noised here when privacy.noise is local
         after = _shared(cfg, model, conf)
-        return _private_message(cfg, msg, context, before, after, res, len(group.train), pid, rnd)
+        return _private_message(cfg, msg, context, before, after, res, len(group.train), pid, rnd, data.num_classes)
     shared = bool(conf["encoder_shared"])
     parts = {"encoder": model.encoder.state_dict()} if shared else {}
     if f.head_sharing == "global":

@@ -160,3 +160,15 @@ def test_a_private_round_sends_only_bounded_releases(tmp_path, noise):
     for v in server.head.state_dict().values():
         assert bool(torch.isfinite(v).all())
     assert bool(torch.isfinite(server.anchors.means).all())
+
+
+def test_a_diverged_private_round_stops_as_a_divergence(tmp_path):
+    from fedanchors.errors import Diverged
+
+    cfg = small_config(
+        tmp_path, mode="federated", federated={"rounds": 2, "local_steps": 3},
+        optim={"lr": 1e8, "name": "sgd", "grad_clip": 0.0},
+        privacy={"enabled": True, "noise_multiplier": 1.0, "seeded_noise": True},
+    )  # fmt: skip
+    with pytest.raises(Diverged, match="all replies non-finite"):  # not "0 client replies": every block was sent
+        run_rounds(cfg, 2)
