@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -214,7 +215,12 @@ def test_a_full_disk_stops_with_one_line_and_resumes_once_space_is_back(tmp_path
         longer = _start(config, "ro", "--set", f"out_dir={small}", "--set", "optim.epochs=400",
                         "--set", "federated.rounds=400")  # fmt: skip
         _wait_for(small / "ro", "round" if mode == "federated" else "epoch", 2, longer)
-        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        for _ in range(100):  # busy while the run holds a file open for writing: try again between writes
+            if subprocess.run(["mount", "-o", "remount,ro", str(small)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the tmpfs could not be remounted read-only (busy for 5 s)")
         _, err = longer.communicate(timeout=300)
         assert longer.returncode == 5, err[-2000:]
         assert "Read-only file system (EROFS)" in err.strip().splitlines()[-1] and "Traceback" not in err
