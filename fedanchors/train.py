@@ -16,6 +16,7 @@ from fedanchors.data.base import Split
 from fedanchors.errors import ConfigError
 from fedanchors.losses import SEPARATIONS, class_loss
 from fedanchors.moments import batch_class_moments, class_sufficient_stats
+from fedanchors.privacy import clip_rows
 from fedanchors.registry import Registry
 from fedanchors.wasserstein import structured_w2
 
@@ -239,7 +240,7 @@ def local_train(
         if work.num_classes:
             zs = z.detach().cpu()
             if work.clip_code:  # privacy: each code's norm bounded before it enters the statistics
-                zs = zs * (work.clip_code / zs.norm(dim=-1, keepdim=True).clamp_min(work.clip_code))
+                zs = clip_rows(zs, work.clip_code)
             part = class_sufficient_stats(zs, y.cpu(), work.num_classes, anchors.structure)
             stats = part if stats is None else tuple(a + b for a, b in zip(stats, part))
     out = {"loss": ce_sum / work.steps, "loss_first": first, "fit": fit_sum / work.steps, "stats": stats}

@@ -29,11 +29,12 @@ from fedanchors.errors import ConfigError
 from fedanchors.privacy import sensitivity
 
 
-def blocks(cfg: Config, shared_update: bool = True) -> int:
-    """The release's blocks: the update (a global head or a shared encoder), the three
-    statistics (with anchors) and the loss."""
+def blocks(cfg: Config) -> int:
+    """The release's blocks: the update (a global head or a shared encoder; counted whenever
+    one may be sent, which can only overstate the sensitivity), the three statistics (with
+    anchors) and the loss."""
     f = cfg.federated
-    update = shared_update and (f.head_sharing == "global" or f.encoder_sharing == "space")
+    update = f.head_sharing == "global" or f.encoder_sharing == "space"
     return int(update) + (3 if anchors_used(cfg) else 0) + 1
 
 

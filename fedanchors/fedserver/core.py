@@ -232,14 +232,14 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         gl = [float(self.group_weights[g]) for g in answered]
         if stacked is not None:
             rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
-        self.method.step(self.losses_by_unit(losses, ok), rnd - 1)
+        unit = self.losses_by_unit(losses, ok)
+        self.method.step(unit, rnd - 1)
         check(
             {
                 "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
                 "q": self.method.q,
             }
         )
-        unit = self.losses_by_unit(losses, ok)
         carried = unit if self.last_losses is None else torch.where(torch.isnan(unit), self.last_losses, unit)
         self.last_losses = carried
         return rec
