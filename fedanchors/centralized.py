@@ -18,7 +18,7 @@ from fedanchors.analysis import anchor_w2, chunks, cross_group_w2, group_class_g
 from fedanchors.config import Config, anchor_update
 from fedanchors.data import ScenarioData
 from fedanchors.dfr import check_dfr_layer, layer_view, linear_head, select_and_fit
-from fedanchors.health import check_finite, module_tensors
+from fedanchors.health import check_finite, flat_params, module_tensors, moved
 from fedanchors.loop import run_loop
 from fedanchors.losses import anchor_fit_objective, class_loss, log_prior
 from fedanchors.methods import Method, build_method
@@ -34,6 +34,7 @@ from fedanchors.train import (
     group_batch_sizes,
     group_objective,
     make_optimizer,
+    own_rates,
     separation_loss,
     steps_per_epoch,
 )
@@ -71,6 +72,7 @@ class CentralizedTrainer:
         self.device = device or resolve_device(cfg.device)
         self.model = CentralModel(cfg, data).to(self.device)
         self.method: Method = build_method(cfg.method, data.names)
+        self.method.sizes = torch.tensor([len(g.train) for g in data.groups])
         self.params = [p for p in self.model.parameters()]
         self.opt = make_optimizer(self.params, cfg.optim)
         self.gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "batches"))
@@ -100,11 +102,12 @@ class CentralizedTrainer:
         """Epoch ``t``: the step means of the objective's terms (analysed first when due)."""
         record = self.analyse(t) if dynamics.due(self.cfg, t) else None
         sums: dict[str, float] = {}
+        before = flat_params(self.parts())
         steps = self.epoch_batches()
         for idx in steps:
             for k, v in self.train_step(idx, t - 1).items():
                 sums[k] = sums.get(k, 0.0) + v
-        out = {k: v / len(steps) for k, v in sums.items()}
+        out = {k: v / len(steps) for k, v in sums.items()} | moved(before, self.parts())
         if self.barycenter and self.cfg.anchors.lambda_fit > 0:
             out["anchor_fit"] = self.barycenter_step(t)
         self.check_model(f"epoch {t}")
@@ -127,6 +130,10 @@ class CentralizedTrainer:
             idx = idx[:m] if m else idx
             out.append((x[idx.to(x.device)], y[idx.to(y.device)]))
         return out
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The head and each space's encoder (``move:*``)."""
+        return {"head": self.model.head} | {f"enc:{s}": e for s, e in self.model.encoders.items()}
 
     def _encoders(self) -> list[nn.Module]:
         return [self.model.encoders[g.space] for g in self.data.groups]
@@ -290,7 +297,12 @@ class CentralizedTrainer:
         self.check(out, f"epoch {epoch + 1}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.method.encoder_weighting == "own":
+            spaces = [self.data.groups[g].space for g in present]
+            own_rates(dict(self.model.encoders), spaces, w.tolist())
         clip_and_step(self.opt, self.params, cfg.optim.grad_clip)
+        if cfg.method.eta_unit == "epoch":
+            self.method.rate = len(idx) / len(self.owner)
         self.method.step(losses, epoch)
         self.check({"q": self.method.q}, f"epoch {epoch + 1}")
         return out

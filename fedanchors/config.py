@@ -122,6 +122,8 @@ _CHOICES = {
     "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "method.level": ("group", "client"),
+    "method.encoder_weighting": ("own", "q"),
+    "method.eta_unit": ("update", "epoch"),
     "privacy.noise": ("central", "local"),
 }
 

@@ -144,6 +144,12 @@ def _check_method(cfg: Config) -> None:
         raise ConfigError("method.floor names groups; at method.level: client Lambda is the simplex over clients")
     if m.name == "drfa" and cfg.mode != "federated":
         raise ConfigError("method.name: drfa is federated only (its sampling and snapshot are the method); use afl")
+    if not 0 <= m.mix <= 1 or (m.mix > 0 and m.name != "groupdro"):
+        raise ConfigError(f"method.mix (GroupDRO's share kept by ERM) must be in [0, 1], groupdro only; got {m.mix}")
+    if m.adjustment < 0 or (m.adjustment > 0 and m.name != "groupdro"):
+        raise ConfigError(
+            f"method.adjustment (GroupDRO's C / sqrt(n_g)) must be >= 0 and set only with groupdro, got {m.adjustment}"
+        )
     if m.lipschitz < 0 or m.loss_clients < 0:
         raise ConfigError(f"method.lipschitz and method.loss_clients must be >= 0, got {m.lipschitz}, {m.loss_clients}")
     if m.name == "qffl" and cfg.mode == "federated" and (f.aggregation != "mean" or f.max_update_norm > 0):

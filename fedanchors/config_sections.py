@@ -85,6 +85,16 @@ class MethodConfig:
     lipschitz: float = 0.0  # qffl's q-FedAvg step: the Lipschitz estimate L (0: 1 / optim.lr)
     level: str = "group"  # group | client: what the method weights (client: afl, qffl, drfa; federated)
     loss_clients: int = 0  # drfa: clients asked for the snapshot's loss (0: federated.clients_per_round)
+    # own: an encoder learns from its holders' losses renormalised to sum 1 (a group's private
+    # encoder at full rate, whatever its weight); q: from the method's weights as they are
+    encoder_weighting: str = "own"
+    # update: eta per q step (a batch centralized, a round federated); epoch: per pass over the
+    # training data (each step's eta scaled by the examples it trained on / the training set)
+    eta_unit: str = "update"
+    # groupdro: weights (1 - mix) q + mix n_g / N, the adversary moves at most 1 - mix of the mass
+    # (the uncertainty set {q: q_g >= mix n_g / N}); 0: Sagawa et al.'s GroupDRO, 1: ERM
+    mix: float = 0.0
+    adjustment: float = 0.0  # groupdro: Sagawa et al.'s C, the q step reads L_g + C / sqrt(n_g)
 
 
 @dataclass(frozen=True)

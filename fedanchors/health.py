@@ -46,3 +46,15 @@ def check_finite(values: dict[str, float | torch.Tensor | None], where: str, lr:
         f"the last good one is kept ({checkpoint}); lower optim.lr (now {lr:g}) or federated.server_lr, "
         "or clip gradients (optim.grad_clip), and start a new run"
     )
+
+
+def flat_params(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Each module's parameters as one detached vector (a copy), for ``moved``."""
+    return {n: torch.cat([p.detach().flatten() for p in m.parameters()]).clone() for n, m in modules.items()}
+
+
+def moved(before: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> dict[str, float]:
+    """``move:<name>``: the L2 norm of each module's parameter change since ``before``; what a
+    part learned over an epoch or a round (an encoder starved of weight barely moves)."""
+    after = flat_params(modules)
+    return {f"move:{n}": float((after[n] - before[n]).norm()) for n in before}

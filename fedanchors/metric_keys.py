@@ -42,6 +42,8 @@ DEFINITIONS: dict[str, str] = {
     "acc_group:<g>, client_acc_mean / _worst / _p10 over the new clients",
     "update_norm_median / update_norm_max": "federated: the median and largest L2 norm over the answering "
     "clients of their update (reply - global) of the head and shared encoders, before federated.max_update_norm",
+    "move:head / move:enc:<space>": "the L2 norm of the change of the head's (the space's encoder's) parameters "
+    "over the epoch (centralized) or the round (federated: the server's shared parts only): what each part learned",
     "eval_complete": "federated: every group answered the evaluation",
     "bytes_sent / bytes_received": "federated: array payload bytes since the previous record",
     "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",

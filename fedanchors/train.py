@@ -79,6 +79,23 @@ def group_objective(
     return ce + cfg.lambda_fit * fit, ce, fit
 
 
+@torch.no_grad()
+def own_rates(encoders: dict[str, nn.Module], spaces: list[str], weights: list[float]) -> None:
+    """``method.encoder_weighting: own``: after the backward pass of sum_g w_g L_g, divide each
+    encoder's gradient by the summed weight of the groups of this batch that hold it, so an
+    encoder learns from its holders' losses renormalised to sum 1 (a private encoder at full
+    rate, whatever its group's weight; the head and the anchors keep the method's weights).
+    ``spaces[i]``, ``weights[i]``: the input space and the weight of the batch's i-th group."""
+    total: dict[str, float] = {}
+    for s, w in zip(spaces, weights):
+        total[s] = total.get(s, 0.0) + w
+    for s, t in total.items():
+        if t > 0:
+            for p in encoders[s].parameters():
+                if p.grad is not None:
+                    p.grad.div_(t)
+
+
 def separation_loss(
     anchors: AnchorModule, head: nn.Module, cfg: AnchorConfig, generator: torch.Generator | None
 ) -> torch.Tensor:

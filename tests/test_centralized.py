@@ -97,3 +97,28 @@ def test_anchors_pull_image_and_audio_classes_together(tmp_path, shared_data):
                 tr.train_step(idx, epoch)
         w2[fit] = cross_group_w2(dict(tr.model.encoders), data)["w2:image|audio"]
     assert w2[0.01] < 0.5 * w2[0.0], w2
+
+
+def test_eta_per_epoch_and_what_each_part_moved(tmp_path):
+    """method.eta_unit epoch: a batch's q step is eta * batch / N; each epoch's record says how
+    far the head and every encoder moved (move:*), all of them here since every encoder trains."""
+    from fedanchors import groupdro
+    from fedanchors.centralized import CentralizedTrainer
+    from fedanchors.data import build_scenario
+
+    cfg = small_config(tmp_path, method={"name": "groupdro", "eta": 2.0, "eta_unit": "epoch"}, optim={"epochs": 1})
+    tr = CentralizedTrainer(cfg, build_scenario(cfg.data))
+    idx = tr.epoch_batches()[0]
+    q0 = tr.method.q.clone()
+    tr.train_step(idx, 0)
+    assert tr.method.rate == pytest.approx(len(idx) / len(tr.owner)) and tr.method.rate < 0.5
+    owner = tr.owner[idx]
+    assert bool((torch.bincount(owner, minlength=len(q0)) > 0).all())
+    # the step's losses are not kept: check the rate's effect on the q step against eta = 2 directly
+    losses = torch.tensor([1.0, 2.0, 0.5][: len(q0)], dtype=torch.float64)
+    tr.method.q = q0.clone()
+    tr.method.step(losses, 0)
+    want = groupdro.update_q(q0, losses, 2.0 * tr.method.rate, "exp")
+    assert torch.allclose(tr.method.q, want) and not torch.allclose(want, groupdro.update_q(q0, losses, 2.0, "exp"))
+    rec = tr.train(1)
+    assert rec["move:head"] > 0 and all(rec[f"move:enc:{s}"] > 0 for s in tr.model.encoders)

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     raw = to_dict(Config())
     raw.update(name="t", out_dir=sys.argv[1], progress=False)
     raw["model"].update(latent_dim=4, encoder={"kind": "mlp", "hidden": 8})
-    raw["method"].update(name="groupdro", eta=0.5)
+    raw["method"].update(name="groupdro", eta=0.5, encoder_weighting="q")
     raw["anchors"].update(lambda_sep=0.0)
     cfg = from_dict(raw)
     core = ServerCore(cfg, 3, 10)

@@ -109,3 +109,73 @@ def test_balanced_rejects_unknown_group():
 
 def test_every_method_registered():
     assert METHODS.names() == ["afl", "balanced", "drfa", "erm", "fgdro_cvar", "fgdro_kl", "groupdro", "iw", "qffl"]
+
+
+def test_adjustment_raises_small_groups_losses_in_the_q_step():
+    """Sagawa et al.'s adjustment: the q step reads L_g + C / sqrt(n_g)."""
+    m = build_method(MethodConfig(name="groupdro", eta=ETA, adjustment=2.0), ["a", "b", "c"])
+    m.q, m.sizes = Q.clone(), torch.tensor([100, 25, 4])
+    m.step(L, 0)
+    adj = [1.0 + 2.0 / 10, 2.0 + 2.0 / 5, 0.5 + 2.0 / 2]
+    raw = [q * math.exp(ETA * a) for q, a in zip([0.5, 0.3, 0.2], adj)]
+    assert m.q.tolist() == pytest.approx([r / sum(raw) for r in raw], rel=1e-12)
+
+
+def test_adjustment_config_checks():
+    from fedanchors.config import Config, to_dict
+    from fedanchors.configure import from_dict as load
+
+    raw = to_dict(Config())
+    raw["method"].update(name="erm", adjustment=1.0)
+    with pytest.raises(ConfigError, match="method.adjustment"):
+        load(raw)
+    raw["method"].update(name="groupdro", encoder_weighting="both")
+    with pytest.raises(ConfigError, match="method.encoder_weighting"):
+        load(raw)
+
+
+def test_own_rates_give_each_encoder_its_holders_renormalised_loss():
+    """encoder_weighting own: after backward of sum_g w_g L_g, encoder A (held by groups 0 and 1)
+    has the gradient of (w_0 L_0 + w_1 L_1) / (w_0 + w_1), private encoder B that of L_2; the
+    head keeps sum_g w_g grad L_g."""
+    from fedanchors.train import own_rates
+
+    torch.manual_seed(0)
+    enc = {"A": torch.nn.Linear(3, 2), "B": torch.nn.Linear(3, 2)}
+    head = torch.nn.Linear(2, 1)
+    x = [torch.randn(4, 3) for _ in range(3)]
+    spaces, w = ["A", "A", "B"], [0.1, 0.3, 0.6]
+
+    def losses():
+        return [head(enc[s](xi)).pow(2).mean() for s, xi in zip(spaces, x)]
+
+    def grads(loss):
+        for m in [*enc.values(), head]:
+            m.zero_grad()
+        loss.backward()
+        return {n: m.weight.grad.clone() for n, m in [*enc.items(), ("head", head)] if m.weight.grad is not None}
+
+    ls = losses()
+    want_a = grads((0.1 * ls[0] + 0.3 * ls[1]) / 0.4)["A"]
+    want_b = grads(losses()[2])["B"]
+    want_head = grads(sum(wi * li for wi, li in zip(w, losses())))["head"]
+    for m in [*enc.values(), head]:
+        m.zero_grad()
+    sum(wi * li for wi, li in zip(w, losses())).backward()
+    own_rates(enc, spaces, w)
+    assert torch.allclose(enc["A"].weight.grad, want_a, atol=1e-6)
+    assert torch.allclose(enc["B"].weight.grad, want_b, atol=1e-6)
+    assert torch.allclose(head.weight.grad, want_head, atol=1e-6)
+    assert not torch.allclose(want_b, 0.6 * want_b)  # the rate really changed
+
+
+def test_mix_keeps_erms_share():
+    """method.mix a: weights (1 - a) q + a n_g / N over the present groups; a = 1 is ERM."""
+    counts = torch.tensor([6, 3, 1])
+    m = build_method(MethodConfig(name="groupdro", mix=0.25), ["a", "b", "c"])
+    m.q = Q.clone()
+    want = [0.75 * q + 0.25 * n / 10 for q, n in zip([0.5, 0.3, 0.2], [6, 3, 1])]
+    assert m.weights(counts, L, 0).tolist() == pytest.approx(want, rel=1e-12)
+    erm = build_method(MethodConfig(name="groupdro", mix=1.0), ["a", "b", "c"])
+    erm.q = Q.clone()
+    assert erm.weights(counts, L, 0).tolist() == pytest.approx([0.6, 0.3, 0.1], rel=1e-12)

@@ -154,15 +154,15 @@ def test_shared_space_encoder_is_averaged(tmp_path):
         assert torch.allclose(v, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("k,loss", [(3, "ce"), (2, "logit_adjust")])
-def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss):
+@pytest.mark.parametrize("k,loss,weighting", [(3, "ce", "own"), (2, "logit_adjust", "q"), (2, "ce", "q")])
+def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss, weighting):
     """Anchors off, one local full-batch SGD step, no momentum: k rounds == k centralized steps
     (with a long-tail loss too: the server's prior from the clients' class counts is the
-    centralized prior from the data)."""
+    centralized prior from the data), under either method.encoder_weighting."""
     common = dict(
         loss={"name": loss, "tau": 2.0},
         anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
-        method={"name": "groupdro", "eta": 1.0},
+        method={"name": "groupdro", "eta": 1.0, "encoder_weighting": weighting},
         optim={
             "name": "sgd",
             "lr": 0.5,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fedanchors import dynamics
-from fedanchors.aggregate import AGGREGATIONS, AggregationOptions, combine_parts, fit_anchors, space_weights
+from fedanchors.aggregate import AGGREGATIONS, AggregationOptions, combine_parts, fit_anchors
 from fedanchors.config import Config, anchor_update, anchors_used
 from fedanchors.errors import FedAnchorsError, RunFailed
 from fedanchors.fedserver.analysis import RoundAnalysis
@@ -24,7 +24,7 @@ from fedanchors.fedserver.evaluation import EvaluationCore
 from fedanchors.fedserver.private import PrivateMixin
 from fedanchors.fedserver.state import StateMixin
 from fedanchors.fedserver.units import UnitsMixin
-from fedanchors.health import check_finite, module_tensors
+from fedanchors.health import check_finite, flat_params, module_tensors, moved
 from fedanchors.losses import anchor_w2_by_group, log_prior
 from fedanchors.methods.qfedavg import qfedavg_step
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
@@ -167,9 +167,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         w = self.partition_weights(self.sampled)
         self.weights = torch.tensor([w.get(p, 0.0) for p in range(len(self.info))], dtype=torch.float64)
         spaces = [i["space"] for i in self.info]
-        # a client scales its encoder's gradient by the total weight of that encoder's holders
-        private = self.cfg.federated.encoder_sharing == "client"
-        scale = self.weights.tolist() if private else space_weights(spaces, self.weights)
+        scale = self.encoder_scales(spaces)
         shared = [s in self.encoders for s in spaces]
         self.scales = dict(enumerate(scale))
         config = {"encoder_scale": scale, "encoder_shared": shared}
@@ -211,10 +209,14 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         w = [cw[p] for p in pids]
         for p in pids:
             self.client_rounds[p] = rnd
+        parts = ({"head": self.head} if self.cfg.federated.head_sharing == "global" else {}) | {
+            f"enc:{s}": e for s, e in self.encoders.items()}  # fmt: skip
+        before = flat_params(parts)
         norms = self._update_shared(ok, w, losses, est)
+        movement = moved(before, parts)
         if self.draws is not None:
             self.average_snapshots(ok, w)
-        check(module_tensors([("head", self.head), *[(f"encoder[{k}]", e) for k, e in self.encoders.items()]]))
+        check(module_tensors(parts.items()))
         if est is not None:
             stacked = self.private_stats(est, answered)
         else:
@@ -224,7 +226,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
             check({f"the class statistics ({k})": v for k, v in stacked.items()})
         wt = gw / gw.sum()
         # the same objective as the centralized loss: sum_g w_g CE_g over the groups that answered
-        rec = {"loss": float((wt * losses[answered]).sum())}
+        rec = {"loss": float((wt * losses[answered]).sum())} | movement
         if est is None:  # a private client's fit is not sent
             rec["fit"] = float((wt * fits[answered]).sum())
         if norms:  # the clients' update norms before any bound: what federated.max_update_norm is set against
@@ -233,6 +235,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         if stacked is not None:
             rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
         unit = self.losses_by_unit(losses, ok)
+        self.method.sizes, self.method.rate = self.unit_counts(), self.round_share(pids)
         self.method.step(unit, rnd - 1)
         check(
             {

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from fedanchors.aggregate import space_weights
 from fedanchors.methods import build_method
 from fedanchors.models import stable_seed
 from fedanchors.population import split_weights
@@ -38,6 +39,25 @@ class UnitsMixin:
         self.method = build_method(self.cfg.method, names)
         self.draws: dict[int, float] | None = None  # DRFA: this round's clients and their weight
         self.snapshot: dict | None = None
+
+    def encoder_scales(self, spaces: list[str]) -> list[float]:
+        """Each partition's encoder gradient scale: 1 under ``method.encoder_weighting: own`` (an
+        encoder at full rate on its holders' weighted mean, which the aggregation takes), else
+        the total weight of that encoder's holders (the client's own weight for a private one)."""
+        if self.cfg.method.encoder_weighting == "own":
+            return [1.0] * len(spaces)
+        if self.cfg.federated.encoder_sharing == "client":
+            return self.weights.tolist()
+        return space_weights(spaces, self.weights)
+
+    def round_share(self, pids: list[int]) -> float:
+        """``method.eta_unit: epoch``: the examples these clients trained on this round over the
+        training set's size (1 under ``update``), so eta means a pass over the data in both modes."""
+        if self.cfg.method.eta_unit == "update":
+            return 1.0
+        f, n = self.cfg.federated, {p: self.info[p]["n"] for p in self.training()}
+        done = sum(f.local_steps * self.cfg.optim.batch_size if f.local_steps else f.local_epochs * n[p] for p in pids)
+        return done / sum(n.values())
 
     @property
     def by_client(self) -> bool:

@@ -17,6 +17,8 @@ class Method:
         self.cfg = cfg
         self.groups = list(groups)
         self.q = torch.full((len(groups),), 1.0 / len(groups), dtype=torch.float64)
+        self.sizes: torch.Tensor | None = None  # training examples per group (set by the trainer)
+        self.rate = 1.0  # method.eta_unit epoch: this step's share of an epoch (set by the trainer)
 
     def weights(self, counts: torch.Tensor, losses: torch.Tensor | None, epoch: int) -> torch.Tensor:
         """Weights (G,) over groups with counts > 0, summing to 1."""

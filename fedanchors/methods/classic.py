@@ -45,7 +45,12 @@ class Balanced(Method):
 
 @METHODS.register("groupdro")
 class GroupDRO(Method):
-    """Online GroupDRO: q follows the group losses; uniform during ``warmup`` epochs."""
+    """Online GroupDRO: q follows the group losses; uniform during ``warmup`` epochs. With
+    ``method.adjustment`` C > 0 the q step reads L_g + C / sqrt(n_g) (Sagawa et al. 2020's
+    generalisation adjustment: a small group's loss is optimistic, so it is raised). With
+    ``method.mix`` a > 0 the weights are (1 - a) q + a n_g / N: ERM's share a stays, so a shared
+    part keeps learning from every group however far q moves. Its step is
+    eta times ``rate`` (``method.eta_unit: epoch``: the step's share of an epoch)."""
 
     def weights(self, counts, losses, epoch):
         if epoch < self.cfg.warmup:
@@ -53,9 +58,17 @@ class GroupDRO(Method):
         lw = None if losses is None else losses.to(torch.float64)
         if lw is not None:
             lw = torch.where(counts > 0, lw, torch.full_like(lw, float("nan")))
-        return masked(groupdro.objective_weights(self.q, lw, self.cfg.objective, self.cfg.eta), counts)
+        w = masked(groupdro.objective_weights(self.q, lw, self.cfg.objective, self.cfg.eta), counts)
+        if self.cfg.mix > 0:
+            w = (1 - self.cfg.mix) * w + self.cfg.mix * masked(counts.to(torch.float64), counts)
+        return w
 
     def step(self, losses, epoch):
         if epoch >= self.cfg.warmup:
             c = self.cfg
-            self.q = groupdro.update_q(self.q, losses.to(torch.float64), c.eta, c.update, c.gamma)
+            lw = losses.to(torch.float64)
+            if c.adjustment > 0:
+                if self.sizes is None:
+                    raise RuntimeError("GroupDRO's adjustment needs the group sizes (Method.sizes) from the trainer")
+                lw = lw + c.adjustment / self.sizes.to(torch.float64).clamp(min=1).sqrt()
+            self.q = groupdro.update_q(self.q, lw, c.eta * self.rate, c.update, c.gamma)
