@@ -179,3 +179,13 @@ def test_mix_keeps_erms_share():
     erm = build_method(MethodConfig(name="groupdro", mix=1.0), ["a", "b", "c"])
     erm.q = Q.clone()
     assert erm.weights(counts, L, 0).tolist() == pytest.approx([0.6, 0.3, 0.1], rel=1e-12)
+
+
+def test_fixed_methods_log_their_own_weights_as_q():
+    """q:<g> is the weight a method gives: ERM's examples share, balanced's normalised lambdas."""
+    erm = build_method(MethodConfig(name="erm"), ["a", "b"])
+    erm.sizes = torch.tensor([80, 20])
+    erm.step(torch.tensor([1.0, 2.0]), 0)
+    assert erm.q.tolist() == pytest.approx([0.8, 0.2])
+    bal = build_method(MethodConfig(name="balanced", lambdas={"a": 1.0, "b": 3.0}), ["a", "b"])
+    assert bal.q.tolist() == pytest.approx([0.25, 0.75])

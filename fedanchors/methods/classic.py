@@ -17,6 +17,11 @@ class ERM(Method):
     def weights(self, counts, losses, epoch):
         return masked(counts.to(torch.float64), counts)
 
+    def step(self, losses, epoch):
+        """q (what ``q:<g>`` logs) is ERM's expected weight: each group's share of the examples."""
+        if self.sizes is not None:
+            self.q = self.sizes.to(torch.float64) / float(self.sizes.sum())
+
 
 @METHODS.register("iw")
 class ImportanceWeighting(Method):
@@ -38,6 +43,7 @@ class Balanced(Method):
         self.lam = torch.tensor([float(cfg.lambdas.get(g, 1.0)) for g in groups], dtype=torch.float64)
         if bool((self.lam < 0).any()) or float(self.lam.sum()) <= 0:
             raise ConfigError("method.lambdas must be >= 0 with a positive sum")
+        self.q = self.lam / self.lam.sum()  # what q:<g> logs: the fixed weights
 
     def weights(self, counts, losses, epoch):
         return masked(self.lam, counts)
