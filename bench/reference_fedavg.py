@@ -72,8 +72,16 @@ def accuracy(model: nn.Module, parts: list[tuple[torch.Tensor, torch.Tensor]]) -
     return correct / max(1, total)
 
 
-def run(config: str, rounds: int) -> dict:
-    cfg = load_config(config, [f"federated.rounds={rounds}"])
+def run(config: str, rounds: int, overrides: tuple[str, ...] = ()) -> dict:
+    """The loop's figures: seconds per round, the total, final validation and test accuracy."""
+    out, _ = train(config, rounds, overrides)
+    return out
+
+
+def train(config: str, rounds: int, overrides: tuple[str, ...] = ()) -> tuple[dict, nn.Sequential]:
+    """``rounds`` rounds of FedAvg on ``config`` (with ``--set``-style ``overrides``): the
+    figures and the global model (encoder, head)."""
+    cfg = load_config(config, [*overrides, f"federated.rounds={rounds}"])
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_scenario(cfg.data)
     assert len(data.groups) == 1, "the reference loop is FedAvg over one group's clients"
@@ -98,7 +106,7 @@ def run(config: str, rounds: int) -> dict:
         times.append(time.perf_counter() - t)
     val = accuracy(model, [(g.val.x[c.val], g.val.y[c.val]) for c in clients])
     test = accuracy(model, [(g.test.x[c.test], g.test.y[c.test]) for c in clients])
-    return {"rounds": rounds, "round_s": times, "total_s": sum(times), "val_acc": val, "test_acc": test}
+    return {"rounds": rounds, "round_s": times, "total_s": sum(times), "val_acc": val, "test_acc": test}, model
 
 
 def main() -> None:

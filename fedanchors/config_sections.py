@@ -87,7 +87,7 @@ class MethodConfig:
     loss_clients: int = 0  # drfa: clients asked for the snapshot's loss (0: federated.clients_per_round)
     # own: an encoder learns from its holders' losses renormalised to sum 1 (a group's private
     # encoder at full rate, whatever its weight); q: from the method's weights as they are
-    encoder_weighting: str = "own"
+    encoder_weighting: str = "q"
     # update: eta per q step (a batch centralized, a round federated); epoch: per pass over the
     # training data (each step's eta scaled by the examples it trained on / the training set)
     eta_unit: str = "update"
