@@ -209,14 +209,12 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         w = [cw[p] for p in pids]
         for p in pids:
             self.client_rounds[p] = rnd
-        parts = ({"head": self.head} if self.cfg.federated.head_sharing == "global" else {}) | {
-            f"enc:{s}": e for s, e in self.encoders.items()}  # fmt: skip
-        before = flat_params(parts)
+        before = flat_params(self.aggregated_parts())
         norms = self._update_shared(ok, w, losses, est)
-        movement = moved(before, parts)
+        movement = moved(before, self.aggregated_parts())
         if self.draws is not None:
             self.average_snapshots(ok, w)
-        check(module_tensors(parts.items()))
+        check(module_tensors(self.aggregated_parts().items()))
         if est is not None:
             stacked = self.private_stats(est, answered)
         else:
@@ -234,17 +232,14 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         gl = [float(self.group_weights[g]) for g in answered]
         if stacked is not None:
             rec.update(self._fit_anchors(stacked, torch.tensor(gl) / sum(gl), answered, check))
-        unit = self.losses_by_unit(losses, ok)
-        self.method.sizes, self.method.rate = self.unit_counts(), self.round_share(pids)
-        self.method.step(unit, rnd - 1)
+        unit = self.step_method(losses, ok, pids, rnd)
         check(
             {
                 "the anchors": torch.cat([self.anchors.means.flatten(), self.anchors.factors.flatten()]),
                 "q": self.method.q,
             }
         )
-        carried = unit if self.last_losses is None else torch.where(torch.isnan(unit), self.last_losses, unit)
-        self.last_losses = carried
+        self.last_losses = unit if self.last_losses is None else torch.where(torch.isnan(unit), self.last_losses, unit)
         return rec
 
     def _round_losses(self, rnd: int, ok: list[ClientUpdate], answered: list[int]):

@@ -10,6 +10,11 @@ from fedanchors.resume import global_rng_state, set_global_rng_state
 class StateMixin:
     """``ServerCore``'s checkpointed state: its model, and an exact resume's."""
 
+    def aggregated_parts(self) -> dict:
+        """The modules the server aggregates: the head (when global) and the shared encoders."""
+        head = {"head": self.head} if self.cfg.federated.head_sharing == "global" else {}
+        return head | {f"enc:{s}": e for s, e in self.encoders.items()}
+
     def model_state(self) -> dict:
         """The server's model: head, anchors, shared encoders, q, the class statistics it was
         fitted on, and which state file holds each client's private encoder."""

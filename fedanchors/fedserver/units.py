@@ -50,6 +50,14 @@ class UnitsMixin:
             return self.weights.tolist()
         return space_weights(spaces, self.weights)
 
+    def step_method(self, losses: torch.Tensor, ok: list, pids: list[int], rnd: int) -> torch.Tensor:
+        """The method's step on round ``rnd``'s per-unit losses (its group sizes and eta's share
+        of an epoch set first); returns those losses."""
+        unit = self.losses_by_unit(losses, ok)
+        self.method.sizes, self.method.rate = self.unit_counts(), self.round_share(pids)
+        self.method.step(unit, rnd - 1)
+        return unit
+
     def round_share(self, pids: list[int]) -> float:
         """``method.eta_unit: epoch``: the examples these clients trained on this round over the
         training set's size (1 under ``update``), so eta means a pass over the data in both modes."""
