@@ -72,16 +72,14 @@ def accuracy(model: nn.Module, parts: list[tuple[torch.Tensor, torch.Tensor]]) -
     return correct / max(1, total)
 
 
-def run(config: str, rounds: int, overrides: tuple[str, ...] = ()) -> dict:
+def run(config: str, rounds: int) -> dict:
     """The loop's figures: seconds per round, the total, final validation and test accuracy."""
-    out, _ = train(config, rounds, overrides)
-    return out
+    return train(config, rounds)[0]
 
 
-def train(config: str, rounds: int, overrides: tuple[str, ...] = ()) -> tuple[dict, nn.Sequential]:
-    """``rounds`` rounds of FedAvg on ``config`` (with ``--set``-style ``overrides``): the
-    figures and the global model (encoder, head)."""
-    cfg = load_config(config, [*overrides, f"federated.rounds={rounds}"])
+def train(config: str, rounds: int) -> tuple[dict, nn.Sequential]:
+    """``rounds`` rounds of FedAvg on ``config``: the figures and the global model (encoder, head)."""
+    cfg = load_config(config, [f"federated.rounds={rounds}"])
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_scenario(cfg.data)
     assert len(data.groups) == 1, "the reference loop is FedAvg over one group's clients"

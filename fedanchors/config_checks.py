@@ -146,6 +146,8 @@ def _check_method(cfg: Config) -> None:
         raise ConfigError("method.name: drfa is federated only (its sampling and snapshot are the method); use afl")
     if not 0 <= m.mix <= 1 or (m.mix > 0 and m.name != "groupdro"):
         raise ConfigError(f"method.mix (GroupDRO's share kept by ERM) must be in [0, 1], groupdro only; got {m.mix}")
+    if m.eta_unit == "epoch" and m.name != "groupdro":
+        raise ConfigError(f"method.eta_unit: epoch scales GroupDRO's q step; {m.name} takes eta per update, use update")
     if m.adjustment < 0 or (m.adjustment > 0 and m.name != "groupdro"):
         raise ConfigError(
             f"method.adjustment (GroupDRO's C / sqrt(n_g)) must be >= 0 and set only with groupdro, got {m.adjustment}"
