@@ -46,7 +46,10 @@ DEFINITIONS: dict[str, str] = {
     "move:head / move:enc:<space>": "the L2 norm of the change of the head's (the space's encoder's) parameters "
     "over the epoch (centralized) or the round (federated: the server's shared parts only): what each part learned",
     "eval_complete": "federated: every group answered the evaluation",
-    "bytes_sent / bytes_received": "federated: array payload bytes since the previous record",
+    "bytes_sent / bytes_received": "federated: array payload bytes since the previous record (the summary: the "
+    "run's totals), evaluation included",
+    "bytes_train": "federated: of bytes_sent + bytes_received, the traffic training needs (the rounds' messages "
+    "and replies, DRFA's loss queries, secure aggregation), without evaluation's",
     "test_*": "summary: the metric above on the test split, for the step with the best validation acc_wg",
 }
 

@@ -139,7 +139,8 @@ class FederatedTrainer:
             b = self.budget
             out |= {"privacy_epsilon": b.epsilon(self.rnd), "privacy_delta": self.cfg.privacy.delta,
                     "privacy_noise_multiplier": b.z, "privacy_noise_std": b.std}  # fmt: skip
-        return out | {"bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received, "device": device}
+        totals = {"bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received, "bytes_train": s.bytes_train}
+        return out | totals | {"device": device}
 
 
 def serve(

@@ -46,7 +46,7 @@ class RepliesMixin:
         written stops the run, naming the file."""
         ok, failed = [], []
         for r in replies:
-            self.count_bytes(0, message_bytes(r))
+            self.count_bytes(0, message_bytes(r), phase in ("train", "loss query"))
             if not r.has_error():
                 ok.append((self._partition(r), r))
                 continue

@@ -86,7 +86,7 @@ class FedAnchors(ServerCore, RepliesMixin):
                 dst_node_id=nid,
                 group_id=str(rnd),
             )
-            self.count_bytes(message_bytes(msg), 0)
+            self.count_bytes(message_bytes(msg), 0, kind == MessageType.TRAIN or config.get("splits") == "train")
             out.append(msg)
         return out
 

@@ -10,6 +10,8 @@ import pytest
 
 from fedanchors.benchmark import load_bench, summarize
 from fedanchors.configure import load_config
+from fedanchors.curves import mb_to_target, read_curve, rounds_to_fraction
+from fedanchors.errors import ConfigError, DataError
 
 from .conftest import REPO
 
@@ -79,3 +81,55 @@ def test_benchmark_runs_two_methods_end_to_end(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| lg_fedavg"))
     assert row.split(" | ")[2] == "2"  # the chosen lr's two seeds
     assert (tmp_path / "out" / "benchmark.png").is_file()
+
+
+def _curve(tmp_path, name, rows):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return read_curve(path)
+
+
+def test_curve_figures_count_training_traffic_up_to_the_first_round_that_reaches(tmp_path):
+    rows = [
+        {"round": 10, "acc_wg": 0.2, "bytes_sent": 9e6, "bytes_received": 1e6, "bytes_train": 4e6},
+        {"round": 15, "loss": 1.0, "bytes_train": 1e6},  # a record without an evaluation: its bytes still count
+        {"round": 20, "acc_wg": 0.58, "bytes_train": 2e6},
+        {"round": 30, "acc_wg": 0.61, "bytes_train": 2e6},
+        {"round": 40, "acc_wg": 0.5, "bytes_train": 2e6},
+    ]
+    curve = _curve(tmp_path, "a", rows)
+    assert rounds_to_fraction(curve) == 20  # 0.58 >= 0.95 * 0.61 = 0.5795; 0.2 is not
+    assert rounds_to_fraction(curve, 1.0) == 30
+    assert mb_to_target(curve, 0.6) == pytest.approx(9.0)  # 4 + 1 + 2 + 2: up to round 30
+    assert mb_to_target(curve, 0.7) is None
+    # without bytes_train (an older run), every byte counts
+    old = _curve(tmp_path, "old", [{"epoch": 1, "acc_wg": 0.7, "bytes_sent": 3e6, "bytes_received": 1e6}])
+    assert mb_to_target(old, 0.6) == pytest.approx(4.0) and rounds_to_fraction(old) == 1
+
+
+def test_a_corrupt_metrics_line_is_one_clear_error(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"round": 1, "acc_wg": 0.5}\n{"round": 2, "acc_w\n')
+    with pytest.raises(DataError, match="line 2 is not JSON"):
+        read_curve(path)
+
+
+def test_the_table_gives_rounds_to_95_percent_and_mb_to_the_target():
+    fast = [{"step": 10, "acc_wg": 0.7, "mb": 5.0}, {"step": 20, "acc_wg": 0.72, "mb": 10.0}]
+    slow = [{"step": 10, "acc_wg": 0.3, "mb": 5.0}, {"step": 20, "acc_wg": 0.5, "mb": 10.0}]
+    a = [{**_summary(0.72, 0.7), "curve": fast}, {**_summary(0.72, 0.7), "curve": fast}]
+    b = [{**_summary(0.5, 0.5), "curve": fast}, {**_summary(0.5, 0.5), "curve": slow}]
+    md, _ = summarize({"a": {0.1: a}, "b": {0.1: b}}, grid_seeds=1, target=0.7)
+    assert "training MB to val acc_wg 0.7" in md.splitlines()[0]
+    row = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines()[2:]}
+    assert row["a"][9:11] == ["10.000 ± 0.000", "5.000 ± 0.000 (2/2 reached)"]
+    assert row["b"][9:11] == ["15.000 ± 7.071", "5.000 ± 0.000 (1/2 reached)"]  # the slow seed never reached 0.7
+    md, _ = summarize({"b": {0.1: [b[1]]}}, grid_seeds=1, target=0.7)
+    assert "| not reached (0/1 reached) |" in md
+
+
+def test_a_bad_target_is_one_clear_error(tmp_path):
+    spec = tmp_path / "b.yaml"
+    spec.write_text(json.dumps({"benchmark": {"config": "configs/digits_fed.yaml", "target_acc_wg": 7}}))
+    with pytest.raises(ConfigError, match="target_acc_wg must be a number in"):
+        load_bench(str(spec))

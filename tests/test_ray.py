@@ -42,8 +42,10 @@ def test_ray_simulation_two_clients_two_rounds(tmp_path):
     for r in recs:
         assert {"acc_all", "acc_wg", "acc_bal", "acc_group:digits8", "acc_group:digits16", "q:digits8"} <= set(r)
         assert r["bytes_sent"] > 0 and r["bytes_received"] > 0
+        assert 0 < r["bytes_train"] < r["bytes_sent"] + r["bytes_received"]  # each record's round also evaluated
     assert recs[1]["q:digits8"] != 0.5  # the server's GroupDRO ran on the clients' losses
     summary = json.loads((tmp_path / "digits_fed" / "summary.json").read_text())
+    assert summary["bytes_train"] == sum(r["bytes_train"] for r in recs)  # the final test is evaluation
     assert summary["mode"] == "federated" and 0 <= summary["test_acc_wg"] <= 1
     assert (tmp_path / "digits_fed" / "config.yaml").is_file()
 

@@ -11,6 +11,7 @@ learning-rate grid and the seeds::
       grid_seeds: 1             # optional: choose the lr on the first seed(s) only, then run
                                 # the other seeds at the chosen lr (default: every seed)
       set: {federated.clients: 10, federated.holdout: 0.2}
+      target_acc_wg: 0.6        # optional: the validation acc_wg the "MB to" column counts to
 
 Every (method, lr, seed) is a point of ``fedanchors.sweep`` (its own directory, skipped when
 done, resumed when interrupted). Each method's learning rate is the one with the best mean
@@ -18,7 +19,10 @@ validation ``acc_wg`` over the grid seeds (every seed unless ``grid_seeds`` says
 table reports that learning rate's test metrics as mean ± std over seeds (``benchmark.md``)
 and ``benchmark.png`` plots test ``acc_wg`` against the MB communicated per round. The table
 also gives each method's best (selected) round and how many seeds stopped on patience
-(``optim.patience``); a seed that ran to the cap is reported "not converged at R".
+(``optim.patience``); a seed that ran to the cap is reported "not converged at R". From each
+run's validation curve (``fedanchors.curves``) it adds the rounds to 95% of the run's own best
+validation acc_wg and the training MB (sent + received, evaluation left out) spent to reach
+``target_acc_wg``, over the seeds that reached it ("k/n reached").
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from fedanchors.baselines import BASELINES
 from fedanchors.cli.sweep import _stats, points, run_point
 from fedanchors.config import read_yaml
 from fedanchors.configure import load_config
+from fedanchors.curves import mb_to_target, read_curve, rounds_to_fraction
 from fedanchors.errors import ConfigError, FedAnchorsError
 
-KEYS = {"config", "methods", "lr", "seeds", "grid_seeds", "set"}
+KEYS = {"config", "methods", "lr", "seeds", "grid_seeds", "set", "target_acc_wg"}
 COLUMNS = [
     ("test acc_all", "test_acc_all"),
     ("test acc_wg", "test_acc_wg"),
@@ -63,8 +68,12 @@ def load_bench(path: str) -> dict:
     grid_seeds = int(raw.get("grid_seeds", seeds))
     if not 1 <= grid_seeds <= seeds:
         raise ConfigError(f"{path}: grid_seeds must be between 1 and seeds ({seeds}), got {grid_seeds}")
+    target = raw.get("target_acc_wg")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
+        raise ConfigError(f"{path}: target_acc_wg must be a number in (0, 1], got {target!r}")
     return {
         "config": raw["config"], "methods": methods, "lrs": lrs, "seeds": seeds, "grid_seeds": grid_seeds, "set": sets,
+        "target": None if target is None else float(target),
     }  # fmt: skip
 
 
@@ -78,23 +87,42 @@ def choose_lr(by_lr: dict[float, list[dict]], grid_seeds: int) -> float:
     return max(by_lr, key=lambda v: _stats([r.get("best_val_acc_wg") for r in by_lr[v][:grid_seeds]])[0])
 
 
-def summarize(results: dict[str, dict[float, list[dict]]], grid_seeds: int) -> tuple[str, dict]:
+def speed_cells(runs: list[dict], target: float | None) -> tuple[str, str]:
+    """Rounds to 95% of each run's own best validation acc_wg; training MB to ``target``
+    over the runs that reached it. From the curves ``_run`` attached ("n/a" without)."""
+    curves = [r["curve"] for r in runs if r.get("curve")]
+    if not curves:
+        return "n/a", "n/a"
+    to95 = _cell([rounds_to_fraction(c) for c in curves])
+    if target is None:
+        return to95, "n/a"
+    mb = [mb_to_target(c, target) for c in curves]
+    hit = [m for m in mb if m is not None]
+    return to95, f"{_cell(hit) if hit else 'not reached'} ({len(hit)}/{len(curves)} reached)"
+
+
+def summarize(
+    results: dict[str, dict[float, list[dict]]], grid_seeds: int, target: float | None = None
+) -> tuple[str, dict]:
     """Per method, the chosen learning rate's runs (every seed); the table and the rows."""
     rows = {}
     for method, by_lr in results.items():
         lr = choose_lr(by_lr, grid_seeds)
         runs = by_lr[lr]
-        mb = [(r["bytes_sent"] + r["bytes_received"]) / 1e6 / max(1, r["rounds_run"]) for r in runs]
+        mb = [(r.get("bytes_sent", 0) + r.get("bytes_received", 0)) / 1e6 / max(1, r.get("rounds_run", 0))
+              for r in runs]  # fmt: skip
         rows[method] = {"lr": lr, "runs": runs, "mb": mb}
-    head = "| method | lr | seeds | " + " | ".join(c for c, _ in COLUMNS) + " | MB per round | best round | converged |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 6)]
+    to = f"training MB to val acc_wg {target:g}" if target is not None else "training MB to target"
+    head = "| method | lr | seeds | " + " | ".join(c for c, _ in COLUMNS) + " | MB per round | rounds to 95% of best"
+    lines = [head + f" | {to} | best round | converged |", "|" + "---|" * (len(COLUMNS) + 8)]
     for method, r in rows.items():
         cells = [_cell([x.get(k) for x in r["runs"]]) for _, k in COLUMNS]
         unit = "round" if r["runs"][0].get("mode") == "federated" else "epoch"
         best = _cell([x.get(f"best_{unit}") for x in r["runs"]])
+        to95, mb_to = speed_cells(r["runs"], target)
         lines.append(
             f"| {method} | {r['lr']:g} | {len(r['runs'])} | " + " | ".join(cells)
-            + f" | {_cell(r['mb'])} | {best} | {converged(r['runs'], unit)} |"
+            + f" | {_cell(r['mb'])} | {to95} | {mb_to} | {best} | {converged(r['runs'], unit)} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n", rows
 
@@ -132,6 +160,9 @@ def plot(rows: dict, path: Path) -> None:
 def _run(method: str, base, pts: list[dict], out: Path, by_lr: dict[float, list[dict]]) -> None:
     for pt in pts:
         summary = run_point(base, pt, out)
+        metrics = out / pt["hash"] / "metrics.jsonl"
+        if metrics.is_file() and "failed" not in summary:
+            summary["curve"] = read_curve(metrics)
         lr = float(next(o for o in pt["overrides"] if o.startswith("optim.lr=")).split("=")[1])
         by_lr.setdefault(lr, []).append(summary)
         state = "skipped (done)" if summary["skipped"] else "ran"
@@ -165,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except FedAnchorsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    md, rows = summarize(results, spec["grid_seeds"])
+    md, rows = summarize(results, spec["grid_seeds"], spec["target"])
     grids = {tuple(v) for v in spec["lrs"].values()}
     md += (
         f"\nLearning rate per method chosen on mean validation acc_wg over the first {spec['grid_seeds']} of "

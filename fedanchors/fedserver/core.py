@@ -90,8 +90,8 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         self.best_rounds: list[int] = []  # per partition: the state file of the best model (clients keep it)
         self.missing: list[int] = []  # per group: rounds in a row without a reply
         self.round_ok: set[int] = set()
-        self.bytes_sent = self.bytes_received = 0
-        self.round_bytes = [0, 0]
+        self.bytes_sent = self.bytes_received = self.bytes_train = 0
+        self.round_bytes = [0, 0, 0]  # sent, received, of which training traffic: since the last record
         self.last_stats: dict[str, torch.Tensor] | None = None  # the last round's class statistics
         self.analysis: RoundAnalysis | None = None  # the gap analyses (fedanchors.fedserver.analysis)
         self.scales: dict[int, float] = {}  # this round's encoder gradient scale per partition
@@ -143,12 +143,15 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
             parts["anchors"] = self.anchors.state_dict()
         return parts
 
-    def count_bytes(self, sent: int, received: int) -> None:
-        """Bytes on the wire: run totals, and since the last logged record."""
+    def count_bytes(self, sent: int, received: int, train: bool = True) -> None:
+        """Bytes on the wire: run totals, and since the last logged record. ``train``: the
+        traffic the method needs to train (its rounds and loss queries), not evaluation's."""
         self.bytes_sent += sent
         self.bytes_received += received
+        self.bytes_train += (sent + received) if train else 0
         self.round_bytes[0] += sent
         self.round_bytes[1] += received
+        self.round_bytes[2] += (sent + received) if train else 0
 
     # -- train ------------------------------------------------------------------------
     def plan_round(self, rnd: int) -> dict:
@@ -361,8 +364,9 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
     def record_extras(self) -> dict[str, float]:
         """q and the bytes since the last record."""
         out = {f"q:{n}": float(q) for n, q in zip(self.names, self.method.q)}
-        out.update({"bytes_sent": self.round_bytes[0], "bytes_received": self.round_bytes[1]})
-        self.round_bytes = [0, 0]
+        sent, received, train = self.round_bytes
+        out.update({"bytes_sent": sent, "bytes_received": received, "bytes_train": train})
+        self.round_bytes = [0, 0, 0]
         return out
 
     def count_missing(self) -> None:

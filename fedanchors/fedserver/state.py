@@ -44,7 +44,7 @@ class StateMixin:
             "method": self.method.state_dict(),
             "last_losses": self.last_losses,
             "sep_gen": self.sep_gen.get_state(),
-            "bytes": (self.bytes_sent, self.bytes_received, list(self.round_bytes)),
+            "bytes": (self.bytes_sent, self.bytes_received, list(self.round_bytes), self.bytes_train),
             "last_stats": self.last_stats,
             "rng": global_rng_state(),
             "client_rounds": list(self.client_rounds),
@@ -63,8 +63,10 @@ class StateMixin:
         self.method.load_state_dict(state["method"])
         self.last_losses = state["last_losses"]
         self.sep_gen.set_state(state["sep_gen"])
-        self.bytes_sent, self.bytes_received, self.round_bytes = state["bytes"]
-        self.round_bytes = list(self.round_bytes)
+        b = state["bytes"]  # a checkpoint from before training traffic was counted apart: all of it
+        self.bytes_sent, self.bytes_received = b[0], b[1]
+        self.bytes_train = b[3] if len(b) > 3 else b[0] + b[1]
+        self.round_bytes = [*b[2], sum(b[2])][:3]
         self.last_stats = state["last_stats"]
         self.client_rounds = [int(r) for r in state["client_rounds"]]
         self.best_rounds = [int(r) for r in state["best_rounds"]]
