@@ -57,7 +57,7 @@ baseline(
     "fedavg",
     {
         "anchors": NO_ANCHORS,
-        "method": {"name": "erm", "mix": 0.0},
+        "method": {"name": "erm"},
         "federated": {"encoder_sharing": "space", "head_sharing": "global"},
         "dfr": {"enabled": False},
     },
@@ -67,7 +67,7 @@ baseline(
     "lg_fedavg",
     {
         "anchors": NO_ANCHORS,
-        "method": {"name": "erm", "mix": 0.0},
+        "method": {"name": "erm"},
         "federated": {"encoder_sharing": "client", "head_sharing": "global"},
         "dfr": {"enabled": False},
     },
@@ -82,7 +82,7 @@ baseline(
             "lambda_fit": 1.0,
             "lambda_sep": 0.0,
         },
-        "method": {"name": "erm", "mix": 0.0},
+        "method": {"name": "erm"},
         "federated": {"encoder_sharing": "client", "head_sharing": "local"},
         "dfr": {"enabled": False},
     },
@@ -91,7 +91,7 @@ baseline(
     "flic_like",
     {
         "anchors": {"covariance": "diag", "fit": "w2", "update": "barycenter"},
-        "method": {"name": "erm", "mix": 0.0},
+        "method": {"name": "erm"},
         "federated": {"encoder_sharing": "client", "head_sharing": "global"},
     },
 )
@@ -141,7 +141,8 @@ for _name in ("afl", "qffl", "drfa", "fgdro_cvar", "fgdro_kl", "fgdro_kl_adam"):
         _name,
         {
             "anchors": NO_ANCHORS,
-            "method": {"name": _name.removesuffix("_adam"), "mix": 0.0},
+            # GroupDRO's knobs a config may set do not carry over to the method's own step
+            "method": {"name": _name.removesuffix("_adam"), "mix": 0.0, "eta_unit": "update", "adjustment": 0.0},
             "federated": {"encoder_sharing": "space", "head_sharing": "global"},
             "dfr": {"enabled": False},
             **({"optim": {"name": "adam"}} if _name.endswith("_adam") else {}),

@@ -144,11 +144,14 @@ def _check_method(cfg: Config) -> None:
         raise ConfigError("method.floor names groups; at method.level: client Lambda is the simplex over clients")
     if m.name == "drfa" and cfg.mode != "federated":
         raise ConfigError("method.name: drfa is federated only (its sampling and snapshot are the method); use afl")
-    if not 0 <= m.mix <= 1 or (m.mix > 0 and m.name != "groupdro"):
+    # GroupDRO's knobs: inert under the fixed weightings (erm, iw, balanced: no step, as eta is
+    # inert there), refused where another method's own step would seem to read them
+    own = m.name in ("groupdro", "erm", "iw", "balanced")
+    if not 0 <= m.mix <= 1 or (m.mix > 0 and not own):
         raise ConfigError(f"method.mix (GroupDRO's share kept by ERM) must be in [0, 1], groupdro only; got {m.mix}")
-    if m.eta_unit == "epoch" and m.name != "groupdro":
+    if m.eta_unit == "epoch" and not own:
         raise ConfigError(f"method.eta_unit: epoch scales GroupDRO's q step; {m.name} takes eta per update, use update")
-    if m.adjustment < 0 or (m.adjustment > 0 and m.name != "groupdro"):
+    if m.adjustment < 0 or (m.adjustment > 0 and not own):
         raise ConfigError(
             f"method.adjustment (GroupDRO's C / sqrt(n_g)) must be >= 0 and set only with groupdro, got {m.adjustment}"
         )

@@ -126,10 +126,16 @@ def test_adjustment_config_checks():
     from fedanchors.configure import from_dict as load
 
     raw = to_dict(Config())
-    raw["method"].update(name="erm", adjustment=1.0)
+    raw["method"].update(name="fgdro_kl", adjustment=1.0)
     with pytest.raises(ConfigError, match="method.adjustment"):
         load(raw)
-    raw["method"].update(name="afl", adjustment=0.0, eta_unit="epoch")
+    raw["method"].update(name="afl", adjustment=0.0, mix=0.5)
+    with pytest.raises(ConfigError, match="method.mix"):
+        load(raw)
+    # under erm GroupDRO's knobs are inert, as eta is: `--set method.name=erm` on a GroupDRO config
+    raw["method"].update(name="erm", adjustment=1.0, mix=0.5, eta_unit="epoch")
+    assert load(raw).method.name == "erm"
+    raw["method"].update(name="afl", adjustment=0.0, mix=0.0, eta_unit="epoch")
     with pytest.raises(ConfigError, match="method.eta_unit"):
         load(raw)
     raw["method"].update(name="groupdro", encoder_weighting="both", eta_unit="update")
