@@ -58,7 +58,7 @@ def _pairwise(sk1: bytes, pk1: bytes, n: int) -> np.ndarray:
 class SecAggClient:
     """One client's side of a round's secure aggregation (its state between the steps)."""
 
-    FIELDS = ("nid", "threshold", "sk1", "pk1", "sk2", "pk2", "seed")
+    FIELDS = ("nid", "threshold", "sk1", "pk1", "sk2", "pk2", "seed", "revealed")
 
     def __init__(self, nid: int, threshold: int) -> None:
         self.nid, self.threshold = nid, threshold
@@ -67,6 +67,7 @@ class SecAggClient:
         self.sk1, self.pk1 = private_key_to_bytes(sk1), public_key_to_bytes(pk1)
         self.sk2, self.pk2 = private_key_to_bytes(sk2), public_key_to_bytes(pk2)
         self.seed = os.urandom(32)
+        self.revealed = False  # unmask answered: a client reveals shares once a round
         self.public: dict[int, tuple[bytes, bytes]] = {}
         self.shares: dict[int, tuple[bytes, bytes]] = {}  # neighbour -> (its b share, its sk1 share) held here
 
@@ -114,9 +115,27 @@ class SecAggClient:
         return np.mod(q, MODULUS)
 
     def unmask(self, active: list[int], dead: list[int]) -> dict[int, bytes]:
-        """Shares of b for the survivors (this client included), of sk1 for the dropped."""
+        """Shares of b for the survivors (this client included), of sk1 for the dropped.
+
+        The checks a client can make on its own against a server that lies about who dropped:
+        no client is named both a survivor and dropped (its b and sk1 shares together unmask its
+        vector), every named client is one whose shares this client holds, this client (which
+        sent its masked vector) is a survivor, and shares are revealed once a round. A server
+        that names a client dropped to some clients and a survivor to others is caught only by
+        SecAgg's signed consistency round, which this protocol (semi-honest server) leaves out."""
+        if self.revealed:
+            raise ValueError("the server asked for this round's shares a second time: refused")
+        both = sorted(set(active) & set(dead))
+        if both:
+            raise ValueError(f"the server names client(s) {both} both survivors and dropped: refused")
+        unknown = sorted((set(active) | set(dead)) - set(self.shares))
+        if unknown:
+            raise ValueError(f"the server names client(s) {unknown} this client holds no shares of: refused")
+        if self.nid not in active:
+            raise ValueError(f"the server names client {self.nid} dropped, yet asks it to unmask: refused")
         if len(active) < self.threshold:
             raise ValueError(f"{len(active)} survivors, fewer than the threshold {self.threshold}")
+        self.revealed = True
         return {**{n: self.shares[n][0] for n in active}, **{n: self.shares[n][1] for n in dead}}
 
     def state(self) -> dict:

@@ -49,6 +49,30 @@ def test_a_client_that_drops_after_sharing_leaves_the_right_sum():
         _protocol(vectors, threshold=4, drop_after_sharing=(5, 13))  # 3 survivors cannot rebuild
 
 
+def test_a_client_refuses_a_server_that_lies_about_who_dropped():
+    rng = np.random.default_rng(3)
+    vectors = {i: rng.uniform(-1, 1, 20) for i in (1, 2, 3, 4)}
+    clients = {i: SecAggClient(i, 2) for i in vectors}
+    public = {i: c.setup() for i, c in clients.items()}
+    sent = {i: c.share_keys(public) for i, c in clients.items()}
+    for i in vectors:
+        clients[i].masked({s: sent[s][i] for s in vectors if s != i}, vectors[i], 1.0)
+    c = clients[1]
+    # both of client 2's shares would let the server strip every mask off its vector
+    with pytest.raises(ValueError, match=r"client\(s\) \[2\] both survivors and dropped"):
+        c.unmask([1, 2, 3], [2])
+    with pytest.raises(ValueError, match=r"\[9\] this client holds no shares of"):
+        c.unmask([1, 2, 3], [9])
+    with pytest.raises(ValueError, match="client 1 dropped, yet asks it to unmask"):
+        c.unmask([2, 3], [1])
+    assert not c.revealed  # nothing was revealed by a refused request
+    shares = c.unmask([1, 2, 3], [4])
+    assert sorted(shares) == [1, 2, 3, 4] and shares[4] == c.shares[4][1] and shares[2] == c.shares[2][0]
+    with pytest.raises(ValueError, match="a second time"):  # e.g. to ask again with 2 named dropped
+        c.unmask([1, 3], [2, 4])
+    assert SecAggClient.load(c.state()).revealed  # kept across the client's steps
+
+
 def test_no_message_holds_a_clients_secrets_in_the_clear():
     rng = np.random.default_rng(2)
     vectors = {i: rng.uniform(-1, 1, 50) for i in (4, 6, 7)}
