@@ -25,7 +25,8 @@ DEFINITIONS: dict[str, str] = {
     "acc_bal": "mean over classes of the per-class recall pooled over all groups (null unless all evaluated)",
     "acc_<set>": "accuracy over the classes of a named class set (e.g. head/tail)",
     "loss_group:<g>": "mean validation cross-entropy of group g",
-    "q:<g>": "the method's weight of group g after the step: GroupDRO's q, AFL's / DRFA's lambda, ERM's share "
+    "q:<g>": "the method's weight of group g after the step: GroupDRO's q (with method.mix > 0 the "
+    "objective weighs group g by (1 - mix) q_g + mix n_g / N), AFL's / DRFA's lambda, ERM's share "
     "of the examples, IW's uniform weight, balanced's normalised lambdas",
     "w2_anchor:<g>": (
         "centralized: mean over classes of W2^2(anchor_c, group g's validation class Gaussian), "
