@@ -22,7 +22,12 @@ from .fixtures import make_waterbirds
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 SMALL = ["data.max_per_group=120", "optim.batch_size=32", "progress=false", "dfr.enabled=false"]
 # large populations: all their data, all clients
-WHOLE = {"femnist_fed.yaml": 110, "scale_1000_fed.yaml": 1000, "privacy_1000_fed.yaml": 1000}
+WHOLE = {
+    "femnist_fed.yaml": 110,
+    "privacy_femnist_fed.yaml": 110,
+    "scale_1000_fed.yaml": 1000,
+    "privacy_1000_fed.yaml": 1000,
+}
 
 
 def _config(name: str, tmp_path: Path, shared_data: Path):
