@@ -55,6 +55,7 @@ def _check_numbers(cfg: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {v}")
     nonneg = {
         "federated.local_steps": cfg.federated.local_steps,
+        "federated.eval_clients": cfg.federated.eval_clients,
         "federated.clients_per_round": cfg.federated.clients_per_round,
         "federated.actor_restarts": cfg.federated.actor_restarts,
         "federated.prox_mu": cfg.federated.prox_mu,

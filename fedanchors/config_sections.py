@@ -191,6 +191,9 @@ class FederatedConfig:
     local_epochs: int = 1
     local_steps: int = 0  # > 0 overrides local_epochs
     eval_every: int = 1  # evaluate (val and test on every client) every N rounds and after the last
+    # > 0: validate during training on a fixed, seeded cohort of this many clients per group
+    # (best round and patience on it, test not taken then); the best model is tested on every client
+    eval_clients: int = 0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_init: dict[str, Any] = field(default_factory=dict)

@@ -47,6 +47,8 @@ DEFINITIONS: dict[str, str] = {
     "move:head / move:enc:<space>": "the L2 norm of the change of the head's (the space's encoder's) parameters "
     "over the epoch (centralized) or the round (federated: the server's shared parts only): what each part learned",
     "eval_complete": "federated: every group answered the evaluation",
+    "eval_clients": "federated, federated.eval_clients > 0: the clients the record's validation metrics are over "
+    "(the seeded cohort, every group in it); the summary's test_* are over every client",
     "bytes_sent / bytes_received": "federated: array payload bytes since the previous record (the summary: the "
     "run's totals), evaluation included",
     "bytes_train": "federated: of bytes_sent + bytes_received, the traffic training needs (the rounds' messages "

@@ -229,6 +229,20 @@ def held_out(groups: list[int], fraction: float, seed: int) -> set[int]:
     return out
 
 
+def eval_cohort(groups: list[int], held: set[int], k: int, seed: int) -> list[int] | None:
+    """The validation cohort (``federated.eval_clients``): per group, ``k`` of its training
+    clients (all of them where it has fewer), drawn once, seeded; ``None`` for k = 0 (every
+    client). Every group is in it, so the worst-group accuracy is over every group."""
+    if k <= 0:
+        return None
+    out: list[int] = []
+    g = torch.Generator().manual_seed(stable_seed(seed, "eval_cohort"))
+    for gi in sorted(set(groups)):
+        members = [p for p, x in enumerate(groups) if x == gi and p not in held]
+        out += [members[i] for i in torch.randperm(len(members), generator=g)[:k].tolist()]
+    return sorted(out)
+
+
 def drop_out(pids: list[int], p: float, seed: int, rnd: int) -> list[int]:
     """The sampled clients that answer: each drops out with probability ``p`` (seeded)."""
     if p <= 0:

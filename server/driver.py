@@ -97,6 +97,8 @@ class FederatedTrainer:
         replies = self.grid.send_and_receive(s.configure_evaluate(self.rnd, splits), timeout=self.timeout)
         out = s.aggregate_evaluate(self.rnd, replies, splits)
         out["val"] = out.get("val", {}) | {"eval_complete": out.pop("complete")}
+        if s.asked is not None and s.cohort is not None and splits == ("val",):
+            out["val"]["eval_clients"] = len(s.asked)  # the record's validation is over the cohort
         return out
 
     def extras(self) -> dict[str, float]:
@@ -156,4 +158,11 @@ def serve(
     """Run ``cfg`` over ``grid`` (clients already started by the engine); the summary."""
     errors = run.path / "client_errors.log" if run is not None else None
     server = FedAnchors(cfg, num_clients, num_classes, class_sets, errors)
-    return run_loop(FederatedTrainer(cfg, grid, server), cfg, run, resume=resume, stop=stop, test_with_val=True)
+    trainer = FederatedTrainer(cfg, grid, server)
+    return run_loop(trainer, cfg, run, resume=resume, stop=stop, test_with_val=val_serves_test(cfg))
+
+
+def val_serves_test(cfg: Config) -> bool:
+    """One exchange serves validation and test, unless a cohort validates during training
+    (``federated.eval_clients``): then the best round's model is tested on every client at the end."""
+    return cfg.federated.eval_clients == 0

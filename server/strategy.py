@@ -134,7 +134,9 @@ class FedAnchors(ServerCore, RepliesMixin):
 
     # -- evaluate ---------------------------------------------------------------------
     def configure_evaluate(self, rnd: int, splits: tuple[str, ...]) -> list[Message]:
-        pids = self.training() if self.held else None
+        """Every training client; validation alone (during training), the cohort when there is one."""
+        pids = self.cohort if self.cohort is not None and splits == ("val",) else self.training() if self.held else None
+        self.asked = set(pids) if pids is not None else None
         return self._messages(MessageType.EVALUATE, rnd, {"splits": ",".join(splits)}, pids)
 
     def configure_adapt(self, rnd: int) -> list[Message]:

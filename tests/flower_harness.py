@@ -14,7 +14,7 @@ from clients.client_app import make_client_app
 from fedanchors.config import Config
 from fedanchors.loop import run_loop
 from fedanchors.rundir import RunDir
-from server.driver import FederatedTrainer
+from server.driver import FederatedTrainer, val_serves_test
 from server.strategy import FedAnchors
 
 
@@ -60,7 +60,7 @@ def run_rounds(
     server = FedAnchors(cfg, num_clients, num_classes, errors=errors)
     trainer = FederatedTrainer(cfg, grid, server)
     trainer.total = rounds or trainer.total
-    summary = run_loop(trainer, cfg, run, test_with_val=True)
+    summary = run_loop(trainer, cfg, run, test_with_val=val_serves_test(cfg))
     return server, grid, summary
 
 

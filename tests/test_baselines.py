@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from clients.protocol import ANCHORS, ENCODER, HEAD
-from fedanchors.configure import load_config
+from fedanchors.configure import load_config, replace
 from fedanchors.errors import ConfigError
 from fedanchors.evaluate import evaluate_run
+from fedanchors.population import eval_cohort
 from fedanchors.rundir import RunDir
 
 from .conftest import small_config
@@ -182,3 +183,39 @@ def test_prototype_fit_is_fedprotos_mse():
     anchors = AnchorModule(3, 5, structure="none")
     got = group_fit_losses([z], [y], anchors, 1e-3, kind="prototype")[0]
     assert torch.allclose(got, torch.nn.functional.mse_loss(z, anchors.means[y]))
+
+
+def test_a_validation_cohort_selects_the_round_and_the_best_model_is_tested_on_every_client(tmp_path):
+    fed = {"rounds": 3, "local_steps": 2, "clients": 3, "clients_per_round": 4, "sampling": "stratified"}
+    base = small_config(tmp_path, mode="federated", data={"max_per_group": 300}, federated=fed)
+    _, _, every = run_rounds(base, 6)
+    # a cohort as large as each group: the same validation, and the best model restored at the
+    # end (server parts and each client's private state file) gives the test taken at that round
+    whole = replace(base, ["federated.eval_clients=3"])
+    server, grid, same = run_rounds(whole, 6)
+    assert same["best_round"] == every["best_round"]
+    for k in ("test_acc_all", "test_acc_wg", "test_acc_group:digits8", "test_client_acc_worst"):
+        assert same[k] == every[k], k
+    assert same["test_client_accs"] == every["test_client_accs"]
+    # one client per group: validation messages go to the cohort only, the final test to everyone
+    one = replace(base, ["federated.eval_clients=1", f"out_dir={tmp_path / 'one'}"])
+    run = RunDir.create(one)
+    server, grid, summary = run_rounds(one, 6, run=run)
+    assert len(server.cohort) == 2 and {server.cgroup[p] for p in server.cohort} == {0, 1}
+    evals = [m for m in grid.sent if m.metadata.message_type == "evaluate"]
+    val = [m for m in evals if m.content["config"]["splits"] == "val"]
+    test = [m for m in evals if m.content["config"]["splits"] == "test"]
+    assert {m.metadata.dst_node_id for m in val} == {server.nodes[p] for p in server.cohort}
+    assert len(val) == 2 * 3 and len(test) == 6  # 3 validations of the cohort; one test of all 6
+    records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_clients"] for r in records] == [2, 2, 2]
+    assert not any(math.isnan(a) for a in summary["test_client_accs"])  # the test is over every client
+
+
+def test_the_validation_cohort_is_seeded_and_holds_every_group():
+    groups = [0, 0, 0, 1, 1, 1, 1, 2]
+    a = eval_cohort(groups, {0}, 2, seed=1)
+    assert a == eval_cohort(groups, {0}, 2, seed=1) and 0 not in a  # held-out clients never validate
+    assert [sum(groups[p] == g for p in a) for g in (0, 1, 2)] == [2, 2, 1]  # a group of one: its one
+    assert any(eval_cohort(groups, set(), 2, seed=s) != eval_cohort(groups, set(), 2, seed=1) for s in range(2, 9))
+    assert eval_cohort(groups, set(), 9, seed=1) == list(range(8)) and eval_cohort(groups, set(), 0, 1) is None

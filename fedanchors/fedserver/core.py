@@ -29,7 +29,7 @@ from fedanchors.losses import anchor_w2_by_group, log_prior
 from fedanchors.methods.qfedavg import qfedavg_step
 from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
 from fedanchors.moments import pool_moments
-from fedanchors.population import drop_out, held_out, sample_clients
+from fedanchors.population import drop_out, eval_cohort, held_out, sample_clients
 from fedanchors.server_opt import build_server_optimizer
 
 
@@ -77,6 +77,8 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         self.info: list[dict] = []  # per partition (client): group, gi (group index), space, shape, n
         self.cgroup: list[int] = []  # per partition: its group's index
         self.held: set[int] = set()  # partitions held out of training (new clients at test time)
+        self.cohort: list[int] | None = None  # federated.eval_clients: who validates during training
+        self.asked: set[int] | None = None  # who the last evaluation asked (None: every training client)
         self.names: list[str] = []  # the groups, in index order
         self.sampled: list[int] = []  # this round's clients (sampled, minus dropouts)
         self.encoders: dict[str, torch.nn.Module] = {}  # shared input spaces only
@@ -103,6 +105,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         self.info = info
         self.cgroup = [i["gi"] for i in self.info]
         self.held = held_out(self.cgroup, self.cfg.federated.holdout, self.cfg.seed)
+        self.cohort = eval_cohort(self.cgroup, self.held, self.cfg.federated.eval_clients, self.cfg.seed)
         self.names = [next(i["group"] for i in self.info if i["gi"] == g) for g in sorted(set(self.cgroup))]
         self.client_rounds = [0] * len(self.info)
         self.best_rounds = [0] * len(self.info)

@@ -40,7 +40,7 @@ class EvaluationCore:
         sum over its clients, and a group with a client missing counts as not evaluated (NaN
         worst-group and overall accuracies: never a metric over part of the groups)."""
         got = {p for p, _ in ok}
-        whole = {g for g in range(len(self.names)) if set(self.members(g)) <= got}
+        whole = {g for g in range(len(self.names)) if set(self.members(g, self.asked)) <= got}
         self.round_ok &= whole
         mine = [(p, m) for p, m in ok if self.cgroup[p] in whole]
         out = {s: self._summarize(s, mine) | self._clients(s, mine, len(whole) == len(self.names)) for s in splits}
