@@ -128,8 +128,20 @@ def test_the_table_gives_rounds_to_95_percent_and_mb_to_the_target():
     assert "| not reached (0/1 reached) |" in md
 
 
+def test_method_set_reaches_its_method_only():
+    spec = load_bench(str(REPO / "configs" / "bench" / "femnist_robust.yaml"))
+    cfgs = {m: load_config(REPO / spec["config"], [*spec["set"], *spec["method_set"].get(m, []), f"baseline={m}"])
+            for m in ("afl", "fedanchors")}  # fmt: skip
+    assert cfgs["afl"].method.eta == 0.1 and cfgs["afl"].method.eta_unit == "update"  # AFL's lambda step
+    assert cfgs["fedanchors"].method.eta == 1.0 and cfgs["fedanchors"].method.eta_unit == "epoch"  # as shipped
+
+
 def test_a_bad_target_is_one_clear_error(tmp_path):
     spec = tmp_path / "b.yaml"
     spec.write_text(json.dumps({"benchmark": {"config": "configs/digits_fed.yaml", "target_acc_wg": 7}}))
     with pytest.raises(ConfigError, match="target_acc_wg must be a number in"):
+        load_bench(str(spec))
+    spec.write_text(json.dumps({"benchmark": {"config": "configs/digits_fed.yaml", "methods": ["fedavg"],
+                                              "method_set": {"afl": {"method.eta": 0.1}}}}))  # fmt: skip
+    with pytest.raises(ConfigError, match="method_set maps some of the methods"):
         load_bench(str(spec))

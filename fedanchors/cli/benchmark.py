@@ -12,6 +12,7 @@ learning-rate grid and the seeds::
                                 # the other seeds at the chosen lr (default: every seed)
       set: {federated.clients: 10, federated.holdout: 0.2}
       target_acc_wg: 0.6        # optional: the validation acc_wg the "MB to" column counts to
+      method_set: {afl: {method.eta: 0.01}}   # optional: settings for one method only
 
 Every (method, lr, seed) is a point of ``fedanchors.sweep`` (its own directory, skipped when
 done, resumed when interrupted). Each method's learning rate is the one with the best mean
@@ -40,7 +41,7 @@ from fedanchors.configure import load_config
 from fedanchors.curves import mb_to_target, read_curve, rounds_to_fraction
 from fedanchors.errors import ConfigError, FedAnchorsError
 
-KEYS = {"config", "methods", "lr", "seeds", "grid_seeds", "set", "target_acc_wg"}
+KEYS = {"config", "methods", "lr", "seeds", "grid_seeds", "set", "target_acc_wg", "method_set"}
 COLUMNS = [
     ("test acc_all", "test_acc_all"),
     ("test acc_wg", "test_acc_wg"),
@@ -63,7 +64,10 @@ def load_bench(path: str) -> dict:
         raise ConfigError(f"{path}: unknown method(s) {bad}; valid: {', '.join(BASELINES)}")
     lr = raw.get("lr") or []
     lrs = {m: list(lr.get(m, [])) if isinstance(lr, dict) else list(lr) for m in methods}
-    sets = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (raw.get("set") or {}).items()]
+    sets = _sets(raw.get("set"))
+    per = raw.get("method_set") or {}
+    if not isinstance(per, dict) or set(per) - set(methods) or not all(isinstance(v, dict) for v in per.values()):
+        raise ConfigError(f"{path}: method_set maps some of the methods {methods} to settings, got {per!r}")
     seeds = int(raw.get("seeds", 1))
     grid_seeds = int(raw.get("grid_seeds", seeds))
     if not 1 <= grid_seeds <= seeds:
@@ -73,8 +77,12 @@ def load_bench(path: str) -> dict:
         raise ConfigError(f"{path}: target_acc_wg must be a number in (0, 1], got {target!r}")
     return {
         "config": raw["config"], "methods": methods, "lrs": lrs, "seeds": seeds, "grid_seeds": grid_seeds, "set": sets,
-        "target": None if target is None else float(target),
+        "target": None if target is None else float(target), "method_set": {m: _sets(v) for m, v in per.items()},
     }  # fmt: skip
+
+
+def _sets(raw: dict | None) -> list[str]:
+    return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (raw or {}).items()]
 
 
 def _cell(xs: list) -> str:
@@ -183,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[float, list[dict]]] = {}
         out = None
         for method in spec["methods"]:
-            base = load_config(spec["config"], [*spec["set"], *args.overrides, f"baseline={method}", f"name={name}"])
+            own = spec["method_set"].get(method, [])
+            base = load_config(
+                spec["config"], [*spec["set"], *own, *args.overrides, f"baseline={method}", f"name={name}"]
+            )
             out = out or Path(args.out or Path(base.out_dir) / f"benchmark-{name}")
             out.mkdir(parents=True, exist_ok=True)
             by_lr = results.setdefault(method, {})
