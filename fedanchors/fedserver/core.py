@@ -149,12 +149,10 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
     def count_bytes(self, sent: int, received: int, train: bool = True) -> None:
         """Bytes on the wire: run totals, and since the last logged record. ``train``: the
         traffic the method needs to train (its rounds and loss queries), not evaluation's."""
-        self.bytes_sent += sent
-        self.bytes_received += received
-        self.bytes_train += (sent + received) if train else 0
-        self.round_bytes[0] += sent
-        self.round_bytes[1] += received
-        self.round_bytes[2] += (sent + received) if train else 0
+        used = (sent + received) if train else 0
+        self.bytes_sent, self.bytes_received, self.bytes_train = (
+            self.bytes_sent + sent, self.bytes_received + received, self.bytes_train + used)  # fmt: skip
+        self.round_bytes = [self.round_bytes[0] + sent, self.round_bytes[1] + received, self.round_bytes[2] + used]
 
     # -- train ------------------------------------------------------------------------
     def plan_round(self, rnd: int) -> dict:
