@@ -93,6 +93,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(
             f"federated.fault_partition must be -1 (off) or a partition id >= 0, got {cfg.federated.fault_partition}"
         )
+    if cfg.federated.engine == "inprocess" and cfg.federated.ray_init:
+        raise ConfigError("federated.ray_init is for the ray engine; leave it empty with federated.engine: inprocess")
     check_run_name(cfg.name)
     _check_robustness(cfg.federated)
     if not 0 <= cfg.federated.dropout < 1:

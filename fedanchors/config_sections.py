@@ -196,6 +196,9 @@ class FederatedConfig:
     eval_clients: int = 0
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    # ray: Flower's simulation engine on Ray (parallel clients, fractional GPUs, clusters);
+    # inprocess: the same driver and ClientApp in this process, messages in memory (server.memory)
+    engine: str = "ray"
     ray_init: dict[str, Any] = field(default_factory=dict)
     class_stats: str = "running"  # running: from the last local pass; exact: an extra pass after training
     min_clients: int = 1
