@@ -1,14 +1,15 @@
 """A federated round against its compute floor: fedanchors and the plain PyTorch FedAvg loop
 (``bench/reference_fedavg.py``) on identical work, side by side in one run.
 
-    python bench/bench_floor.py [--workloads digits femnist] [--rounds 5 25]
+    python bench/bench_floor.py [--workloads digits femnist] [--rounds 5 25] [--engines ray inprocess]
 
 For each workload (``configs/bench/floor/<name>.yaml``) both run as fresh processes at two
 round counts R1 < R2. Printed: the whole-process ratio at R2 (process start to exit, data
 loading, Ray and the final evaluation included) and the per-round ratio: fedanchors' from the
 difference (T(R2) - T(R1)) / (R2 - R1), which cancels every fixed cost, the loop's the median
-of its own round times (it runs in one process, on every core; fedanchors' clients run in Ray
-workers of one CPU each); and both runs' final test accuracy (the same work). Where the rest
+of its own round times (it runs in one process, on every core; on the ray engine fedanchors'
+clients run in Ray workers of one CPU each, on the inprocess engine in the driver's process);
+and both runs' final test accuracy (the same work). Where the rest
 goes, phase by phase, is not attributed yet: the ServerApp runs in a thread of Flower's
 simulation engine and the clients in Ray workers, which a driver-side cProfile does not see
 (issue 27).
@@ -30,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FEDANCHORS_PLOTS": "0"}
 
 
-def fedanchors(config: str, rounds: int) -> tuple[float, float]:
+def fedanchors(config: str, rounds: int, engine: str = "ray") -> tuple[float, float]:
     """(wall seconds of ``python -m fedanchors.simulate``, its test acc_all)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "fedanchors.simulate", "--config", config, "--set", f"federated.rounds={rounds}",
-               "--set", f"out_dir={out}", "--set", "progress=false"]  # fmt: skip
+               "--set", f"out_dir={out}", "--set", "progress=false", "--set", f"federated.engine={engine}"]  # fmt: skip
         t = time.perf_counter()
         res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t
@@ -55,16 +56,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workloads", nargs="+", default=["digits", "femnist"])
     p.add_argument("--rounds", nargs=2, type=int, default=[5, 25])
+    p.add_argument("--engines", nargs="+", default=["ray", "inprocess"], choices=["ray", "inprocess"])
     a = p.parse_args()
     r1, r2 = a.rounds
     for name in a.workloads:
         config = f"configs/bench/floor/{name}.yaml"
-        (f1, _), (f2, acc_f) = fedanchors(config, r1), fedanchors(config, r2)
         p2, per_p, acc_p = reference(config, r2)
-        per_f = (f2 - f1) / (r2 - r1)
-        print(f"{name}: {r2} rounds, whole process fedanchors {f2:.1f} s, reference {p2:.1f} s: {f2 / p2:.2f}x")
-        print(f"{name}: per round fedanchors {per_f:.3f} s, reference {per_p:.3f} s: {per_f / per_p:.2f}x")
-        print(f"{name}: test acc_all fedanchors {acc_f:.4f}, reference {acc_p:.4f}")
+        for engine in a.engines:
+            (f1, _), (f2, acc_f) = fedanchors(config, r1, engine), fedanchors(config, r2, engine)
+            per_f = (f2 - f1) / (r2 - r1)
+            tag = f"{name} [{engine}]"
+            print(f"{tag}: {r2} rounds, whole process fedanchors {f2:.1f} s, reference {p2:.1f} s: {f2 / p2:.2f}x")
+            print(f"{tag}: per round fedanchors {per_f:.3f} s, reference {per_p:.3f} s: {per_f / per_p:.2f}x")
+            print(f"{tag}: test acc_all fedanchors {acc_f:.4f}, reference {acc_p:.4f}")
 
 
 if __name__ == "__main__":
