@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def whole_run(config: str, rounds: int, out: str) -> float:
+def whole_run(config: str, rounds: int, out: str, *extra: str) -> float:
     """Wall seconds of ``python -m fedanchors.simulate`` (process start to exit)."""
-    sets = [f"optim.epochs={rounds}", f"federated.rounds={rounds}", f"out_dir={out}", "progress=false"]
+    sets = [f"optim.epochs={rounds}", f"federated.rounds={rounds}", f"out_dir={out}", "progress=false", *extra]
     cmd = [sys.executable, "-m", "fedanchors.simulate", "--config", config]
     for s in sets:
         cmd += ["--set", s]
@@ -110,10 +110,12 @@ def main() -> None:
     out = "/tmp/fedanchors-bench"
     cen = whole_run("configs/digits.yaml", args.rounds, out)
     fed = whole_run("configs/digits_fed.yaml", args.rounds, out)
+    mem = whole_run("configs/digits_fed.yaml", args.rounds, out, "federated.engine=inprocess")
     print(f"## digits, {args.rounds} epochs = {args.rounds} rounds (2 clients, num_cpus=1), whole process")
     print(
-        f"| centralized (s) | federated (s) | federated / centralized |\n|---|---|---|\n"
-        f"| {cen:.1f} | {fed:.1f} | {fed / cen:.2f}x |"
+        f"| centralized (s) | federated, ray (s) | ray / centralized | federated, inprocess (s) | inprocess / "
+        f"centralized |\n|---|---|---|---|---|\n"
+        f"| {cen:.1f} | {fed:.1f} | {fed / cen:.2f}x | {mem:.1f} | {mem / cen:.2f}x |"
     )
     fa = round_times("fedanchors", args.rounds)
     fv = round_times("fedavg", args.rounds)
