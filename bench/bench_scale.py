@@ -1,10 +1,11 @@
 """Populations of 10, 100 and 1,000 clients with the same work per round, in one run.
 
-    python bench/bench_scale.py [--rounds 8] [--sizes 10,100,1000]
+    python bench/bench_scale.py [--rounds 8] [--sizes 10,100,1000] [--engine ray|inprocess]
 
 Each population is ``configs/scale_1000_fed.yaml`` with ``federated.clients`` set to half
 of it per group (mnist_hetero's two groups), 10 clients sampled per round (stratified), the
-same local steps and batch size; each runs in a fresh process on Flower's Ray engine. It
+same local steps and batch size; each runs in a fresh process on Flower's Ray engine (or the
+in-process one, ``--engine inprocess``: the same driver and ClientApp, messages in memory). It
 prints per population: the setup time (engine start to the first round: Ray, the clients'
 data, the setup query), the median time of rounds 2..R-1 (the last round also evaluates
 every client), the final evaluation of every client, and the peak resident memory of the
@@ -66,7 +67,7 @@ def timed_trainer(base: type, marks: dict[str, float], stamps: list[float]) -> t
     return Timed
 
 
-def child(size: int, rounds: int) -> None:
+def child(size: int, rounds: int, engine: str = "ray") -> None:
     from server.simulation import _quiet
 
     _quiet()
@@ -106,6 +107,13 @@ def child(size: int, rounds: int) -> None:
         run_loop(Timed(cfg, grid, FedAnchors(cfg, n, data.num_classes)), cfg, None, test_with_val=True)
 
     f = cfg.federated
+    if engine == "inprocess":
+        from server.memory import MemoryGrid
+
+        marks["start"] = time.perf_counter()
+        main(MemoryGrid(make_client_app(cfg), n), None)
+        done.set()
+        return _report(n, marks, stamps, peak[0])
     backend = {
         "client_resources": {"num_cpus": f.num_cpus, "num_gpus": 0.0},
         "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False},
@@ -114,9 +122,13 @@ def child(size: int, rounds: int) -> None:
     with _actor_pool_cap(n):
         run_simulation(app, make_client_app(cfg), num_supernodes=n, backend_name="ray", backend_config=backend)
     done.set()
+    _report(n, marks, stamps, peak[0])
+
+
+def _report(n: int, marks: dict[str, float], stamps: list[float], peak: int) -> None:
     rounds_s = [b - a for a, b in zip(stamps[:-1], stamps[1:])][:-1]  # rounds 2..R-1
     out = {"clients": n, "setup_s": marks["setup_done"] - marks["start"], "round_s": statistics.median(rounds_s)}
-    print(json.dumps(out | {"eval_s": marks.get("eval_s", 0.0), "peak_mb": peak[0] / 2**20}))
+    print(json.dumps(out | {"eval_s": marks.get("eval_s", 0.0), "peak_mb": peak / 2**20}))
 
 
 def main() -> None:
@@ -124,14 +136,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--sizes", default="10,100,1000")
     p.add_argument("--child", type=int, default=0)
+    p.add_argument("--engine", default="ray", choices=["ray", "inprocess"])
     args = p.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if args.child:
-        return child(args.child, args.rounds)
+        return child(args.child, args.rounds, args.engine)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(size), "--rounds", str(args.rounds)],
+            [sys.executable, __file__, "--child", str(size), "--rounds", str(args.rounds), "--engine", args.engine],
             cwd=REPO,
             check=True,
             capture_output=True,
@@ -139,7 +152,7 @@ def main() -> None:
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"## Populations, 10 sampled clients per round, median of rounds 2..{args.rounds - 1}")
+    print(f"## Populations ({args.engine} engine), 10 sampled clients per round, median of rounds 2..{args.rounds - 1}")
     print("| clients | setup (s) | s/round | vs smallest | final evaluation, all clients (s) | peak memory (MB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
