@@ -70,10 +70,13 @@ class FedAnchors(ServerCore, RepliesMixin):
 
     def _messages(self, kind: str, rnd: int, config: dict, pids: list[int] | None = None, parts=None) -> list[Message]:
         parts = parts or self.shared_parts
-        out = []
+        out, packed = [], {}  # what a client is sent depends on its space only: packed once per space
         for pid, nid in sorted(self.nodes.items()):
             if pids is not None and pid not in pids:
                 continue
+            space = self.info[pid]["space"]
+            if space not in packed:
+                packed[space] = pack(**parts(pid))
             # which of its state files the client starts from (the last round it trained; 0: fresh)
             # and which older one it must keep (the best model's)
             extra = {"state_round": self.client_rounds[pid], "keep_round": self.best_rounds[pid]}
@@ -81,7 +84,7 @@ class FedAnchors(ServerCore, RepliesMixin):
                 {"round": rnd, **extra, **{k: v[pid] if isinstance(v, list) else v for k, v in config.items()}}
             )
             msg = Message(
-                RecordDict({"global": pack(**parts(pid)), "config": conf}),
+                RecordDict({"global": packed[space], "config": conf}),
                 message_type=kind,
                 dst_node_id=nid,
                 group_id=str(rnd),
