@@ -1,9 +1,12 @@
 """Populations of 10, 100 and 1,000 clients with the same work per round, in one run.
 
-    python bench/bench_scale.py [--rounds 8] [--sizes 10,100,1000] [--engine ray|inprocess]
+    python bench/bench_scale.py [--rounds 8] [--sizes 10,100,1000] [--engine ray|inprocess] [--config C]
 
-Each population is ``configs/scale_1000_fed.yaml`` with ``federated.clients`` set to half
-of it per group (mnist_hetero's two groups), 10 clients sampled per round (stratified), the
+    python bench/bench_scale.py --engine inprocess --config configs/scale_10k_fed.yaml --sizes 10,100,1000,10000
+
+Each population is ``configs/scale_1000_fed.yaml`` (or ``--config``: 10,000 clients need
+FEMNIST's images, ``configs/scale_10k_fed.yaml``) with ``federated.clients`` set to half of
+it per group (two groups), 10 clients sampled per round (stratified), the
 same local steps and batch size; each runs in a fresh process on Flower's Ray engine (or the
 in-process one, ``--engine inprocess``: the same driver and ClientApp, messages in memory). It
 prints per population: the setup time (engine start to the first round: Ray, the clients'
@@ -67,7 +70,7 @@ def timed_trainer(base: type, marks: dict[str, float], stamps: list[float]) -> t
     return Timed
 
 
-def child(size: int, rounds: int, engine: str = "ray") -> None:
+def child(size: int, rounds: int, engine: str = "ray", config: str = "configs/scale_1000_fed.yaml") -> None:
     from server.simulation import _quiet
 
     _quiet()
@@ -85,7 +88,7 @@ def child(size: int, rounds: int, engine: str = "ray") -> None:
 
     sets = [f"federated.clients={size // 2}", f"federated.rounds={rounds}", "federated.clients_per_round=10"]
     sets.append("progress=false")
-    cfg = load_config(REPO / "configs" / "scale_1000_fed.yaml", sets)
+    cfg = load_config(REPO / config, sets)
     data = build_data(cfg.data)
     n = population_size(cfg.federated, data, cfg.seed)
     marks: dict[str, float] = {}
@@ -137,14 +140,26 @@ def main() -> None:
     p.add_argument("--sizes", default="10,100,1000")
     p.add_argument("--child", type=int, default=0)
     p.add_argument("--engine", default="ray", choices=["ray", "inprocess"])
+    p.add_argument("--config", default="configs/scale_1000_fed.yaml")
     args = p.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if args.child:
-        return child(args.child, args.rounds, args.engine)
+        return child(args.child, args.rounds, args.engine, args.config)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(size), "--rounds", str(args.rounds), "--engine", args.engine],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(size),
+                "--rounds",
+                str(args.rounds),
+                "--engine",
+                args.engine,
+                "--config",
+                args.config,
+            ],  # fmt: skip
             cwd=REPO,
             check=True,
             capture_output=True,
