@@ -168,10 +168,14 @@ def follow(train_y: torch.Tensor, parts: list[torch.Tensor], y: torch.Tensor, se
     a class no client trains on is cut evenly), so a client is evaluated on its own label mix."""
     g = torch.Generator().manual_seed(seed)
     k, out = len(parts), [[] for _ in range(len(parts))]
+    classes = int(max(train_y.max(), y.max())) + 1 if len(y) else 0
+    owner = torch.repeat_interleave(torch.arange(k), torch.tensor([len(p) for p in parts]))
+    flat = owner * classes + train_y[torch.cat(parts)] if k else owner
+    counts = torch.bincount(flat, minlength=k * classes).view(k, classes).double()  # [client, class]
     for c in torch.unique(y).tolist():
         idx = torch.nonzero(y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        held = torch.tensor([float((train_y[p] == c).sum()) for p in parts])
+        held = counts[:, c].float()
         share = held / held.sum() if held.sum() > 0 else torch.full((k,), 1.0 / k)
         exact = share * len(idx)
         n = exact.floor().long()

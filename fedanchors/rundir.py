@@ -193,7 +193,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed Python, NumPy and torch; optionally force deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    # torch.manual_seed's CPU seeding, and CUDA's where there is CUDA: without it, manual_seed
+    # queues a lazy CUDA seeding with its call stack on every call (clients call this per message)
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
