@@ -26,6 +26,7 @@ WHOLE = {
     "femnist_fed.yaml": 110,
     "privacy_femnist_fed.yaml": 110,
     "scale_1000_fed.yaml": 1000,
+    "scale_10k_fed.yaml": 10000,
     "privacy_1000_fed.yaml": 1000,
 }
 
