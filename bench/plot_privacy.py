@@ -33,21 +33,22 @@ def plot(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
     for i, (name, pop) in enumerate(data.items()):
         color = f"C{i}"
         pts = sorted((float(e), a) for e, a in pop["private"].items() if a is not None)
-        ax.plot([e for e, _ in pts], [a for _, a in pts], "o-", color=color, label=f"{name}: private")
+        if pts:
+            ax.plot([e for e, _ in pts], [a for _, a in pts], "o-", color=color, label=f"{name}")
         ax.axhline(pop["none"], color=color, ls="--", lw=1, label=f"{name}: no privacy")
-        for e, a in pop["private"].items():
-            if a is None:
-                ax.annotate("diverged", (float(e), 0.0), color=color, fontsize=7, ha="center")
-    ax.set_xscale("log")
+        failed = sorted(float(e) for e, a in pop["private"].items() if a is None)
+        if failed:  # diverged, or no complete evaluation: drawn below zero, one row per population
+            y = -0.03 - 0.025 * i
+            ax.plot(failed, [y] * len(failed), "x", color=color, label=f"{name}: diverged / no result")
     ax.set_xticks([1, 4, 8], ["1", "4", "8"])
     ax.set_xlabel("epsilon (delta 1e-5)")
     ax.set_ylabel("test acc_wg")
-    ax.set_ylim(-0.03, 1.0)
-    ax.legend(fontsize=7)
+    ax.set_ylim(-0.15, 1.0)
+    ax.legend(fontsize=6.5, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
