@@ -124,12 +124,12 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
     n = population_size(cfg.federated, data, cfg.seed)
     holder: dict = {"abort": threading.Event()}
     with StopFlag() as stop:
-        server_app = make_server_app(
-            cfg, n, data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
-        )
         client_app = make_client_app(cfg, str(run.path.resolve() / "clients"))
         if f.engine == "inprocess":  # the same driver and ClientApp, messages in memory (server.memory)
             return _inprocess(cfg, client_app, n, data, run, resume, stop)
+        server_app = make_server_app(
+            cfg, n, data.num_classes, run, holder, data.class_sets, resume=resume, stop_flag=stop
+        )
         return simulate_apps(server_app, client_app, n, holder, f.num_cpus, f.num_gpus, f.ray_init, f.actor_restarts)
 
 
