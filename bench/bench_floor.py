@@ -6,13 +6,13 @@
 For each workload (``configs/bench/floor/<name>.yaml``) both run as fresh processes at two
 round counts R1 < R2. Printed: the whole-process ratio at R2 (process start to exit, data
 loading, Ray and the final evaluation included) and the per-round ratio: fedanchors' from the
-difference (T(R2) - T(R1)) / (R2 - R1), which cancels every fixed cost, the loop's the median
-of its own round times (it runs in one process, on every core; on the ray engine fedanchors'
-clients run in Ray workers of one CPU each, on the inprocess engine in the driver's process);
-and both runs' final test accuracy (the same work). Where the rest
-goes, phase by phase, is not attributed yet: the ServerApp runs in a thread of Flower's
-simulation engine and the clients in Ray workers, which a driver-side cProfile does not see
-(issue 27).
+difference (T(R2) - T(R1)) / (R2 - R1), which cancels every fixed cost, the loop's the mean
+of its own rounds R1 + 1 .. R2, the same rounds and so the same sampled writers (it runs in
+one process, on every core; on the ray engine fedanchors' clients run in Ray workers of one
+CPU each, on the inprocess engine in the driver's process); and both runs' final test
+accuracy (the same work). Where the rest goes: on the inprocess engine a driver-side
+cProfile sees it all (docs/benchmarks.md has the breakdown); on the ray engine the clients
+run in Ray workers, which it does not see.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ def fedanchors(config: str, rounds: int, engine: str = "ray") -> tuple[float, fl
         return wall, summary["test_acc_all"]
 
 
-def reference(config: str, rounds: int) -> tuple[float, float, float]:
-    """(wall seconds of the loop's process, its median round in seconds, its test accuracy)."""
+def reference(config: str, rounds: int) -> tuple[float, list[float], float]:
+    """(wall seconds of the loop's process, each of its rounds in seconds, its test accuracy)."""
     cmd = [sys.executable, "bench/reference_fedavg.py", "--config", config, "--rounds", str(rounds)]
     t = time.perf_counter()
     res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, check=True)
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    return time.perf_counter() - t, statistics.median(out["round_s"]), out["test_acc"]
+    return time.perf_counter() - t, out["round_s"], out["test_acc"]
 
 
 def main() -> None:
@@ -61,7 +61,8 @@ def main() -> None:
     r1, r2 = a.rounds
     for name in a.workloads:
         config = f"configs/bench/floor/{name}.yaml"
-        p2, per_p, acc_p = reference(config, r2)
+        p2, round_s, acc_p = reference(config, r2)
+        per_p = statistics.mean(round_s[r1:r2])  # the rounds fedanchors' difference covers: the same writers
         for engine in a.engines:
             (f1, _), (f2, acc_f) = fedanchors(config, r1, engine), fedanchors(config, r2, engine)
             per_f = (f2 - f1) / (r2 - r1)

@@ -18,7 +18,7 @@ from fedanchors.config import Config, anchors_used, to_dict
 from fedanchors.data import GroupData, ScenarioData
 from fedanchors.fileio import WriteError, write_atomic
 from fedanchors.metrics import split_counts
-from fedanchors.models import build_anchors, build_encoder, build_head, stable_seed
+from fedanchors.models import FreshModels, stable_seed
 from fedanchors.moments import class_sufficient_stats, stats_to_moments
 from fedanchors.population import Client, build_population, client_data
 from fedanchors.privacy import private_reply
@@ -28,17 +28,19 @@ from fedanchors.train import LocalWork, adapt_encoder, local_train, make_optimiz
 
 _DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
 _SLICES: dict[int, GroupData] = {}  # the clients' slices of that scenario, cut once per actor
+_FRESH = FreshModels()  # fresh models, built once per process and copied per visit
 
 
-def scenario(cfg: Config) -> tuple[ScenarioData, list[Client]]:
-    """The scenario and its population (one per process, keyed by the config that makes them)."""
+def scenario(cfg: Config, built: ScenarioData | None = None) -> tuple[ScenarioData, list[Client]]:
+    """The scenario and its population (one per process, keyed by the config that makes them).
+    ``built``: ``cfg.data``'s scenario already at hand (the in-process engine's driver read it)."""
     f = cfg.federated
     parts = (f.clients, f.group_clients, f.partition, f.partition_alpha, f.partition_labels, cfg.seed)
     key = json.dumps([to_dict(cfg.data), *parts], sort_keys=True)
     if key not in _DATA:
         _DATA.clear()
         _SLICES.clear()
-        data = build_data(cfg.data)
+        data = built if built is not None else build_data(cfg.data)
         _DATA[key] = (data, build_population(data, f, cfg.seed))
     return _DATA[key]
 
@@ -116,10 +118,8 @@ class ClientModel:
         self.encoder_from_server = encoder_from_server  # a shared space's: the server keeps it
         self.device = resolve_device(cfg.device)
         m, a = cfg.model, cfg.anchors
-        self.encoder = build_encoder(m, group.space, group.shape, cfg.seed, group.meta).to(self.device)
-        self.head = build_head(m, num_classes, cfg.seed).to(self.device)
-        self.anchors = build_anchors(m.latent_dim, num_classes, a.eps, a.init_scale, cfg.seed, a.covariance)
-        self.anchors = self.anchors.to(self.device)
+        enc, head, anchors = _FRESH.get(m, a, cfg.seed, group.space, group.shape, group.meta, num_classes)
+        self.encoder, self.head, self.anchors = enc.to(self.device), head.to(self.device), anchors.to(self.device)
         self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
         if blob is not None:
             try:
@@ -153,7 +153,9 @@ class ClientModel:
         to keep on this node (never sent)."""
         buf = io.BytesIO()
         encoder = None if self.encoder_from_server else self.encoder.state_dict()
-        state = {"encoder": encoder, "opt": self.opt.state_dict()}
+        # with reset_client_opt the next visit starts a fresh optimizer: its state is not kept
+        opt = None if self.cfg.federated.reset_client_opt else self.opt.state_dict()
+        state = {"encoder": encoder, "opt": opt}
         if self.cfg.federated.head_sharing == "local":
             state["head"] = self.head.state_dict()
         torch.save(state, buf)

@@ -44,8 +44,11 @@ def weighted_average(states: list[State], weights: list[float]) -> State:
     if not states or total <= 0:
         raise ValueError("weighted_average needs at least one state with positive weight")
     out = {}
-    for k in states[0]:
-        acc = sum((w / total) * s[k].double() for s, w in zip(states, weights))
+    for k in states[0]:  # in place: a fresh float64 tensor per term page-faults (~16 ms per 1M)
+        acc = torch.zeros(states[0][k].shape, dtype=torch.float64)
+        term = torch.empty_like(acc)
+        for s, w in zip(states, weights):  # acc = 0 + t_1 + t_2 + ..., t_i = (w_i / total) * s_i
+            acc.add_(term.copy_(s[k]).mul_(w / total))
         out[k] = acc.to(states[0][k].dtype)
     return out
 
@@ -118,6 +121,12 @@ def clip_update(state: State, ref: State, bound: float) -> tuple[State, float]:
     return {k: (ref[k].double() + scale * d).to(state[k].dtype) for k, d in delta.items()}, norm
 
 
+def update_norm(state: State, ref64: State, work: State) -> float:
+    """``||state - ref||`` over every tensor, in float64: ``clip_update``'s norm, computed in
+    the buffers ``work`` (float64, ``ref64``'s shapes) so that a round allocates none per client."""
+    return float(torch.sqrt(sum(work[k].copy_(state[k]).sub_(ref64[k]).pow_(2).sum() for k in state)))
+
+
 def space_weights(spaces: list[str], weights: torch.Tensor) -> list[float]:
     """For each client, the summed weight of all clients sharing its input space."""
     total: dict[str, float] = {}
@@ -145,12 +154,15 @@ def combine_parts(
     """
     held: dict[str, list[tuple[float, State]]] = {}  # part -> (weight, state) of each holder
     norms = []
+    ref64 = {f"{n}|{k}": v.double() for n, sd in current.items() for k, v in sd.items()}  # once a round
+    work = {k: torch.empty_like(v) for k, v in ref64.items()}
     for w, mine in zip(weights, clients):
         if not mine:
             continue
         flat = {f"{n}|{k}": v for n, sd in mine.items() for k, v in sd.items()}
-        ref = {f"{n}|{k}": v for n in mine for k, v in current[n].items()}
-        flat, norm = clip_update(flat, ref, max_norm or math.inf)
+        norm = update_norm(flat, ref64, work)
+        if norm > (max_norm or math.inf):
+            flat, _ = clip_update(flat, {key: ref64[key] for key in flat}, max_norm)
         norms.append(norm)
         if w <= 0:  # weight 0: the method leaves this client's group out of the objective
             continue

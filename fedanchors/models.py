@@ -3,6 +3,7 @@ encoders in ``fedanchors.encoders_text``), the shared head, the anchors, seeded 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable
 
@@ -74,3 +75,31 @@ def build_anchors(
     return _seeded(
         stable_seed(seed, "anchors"), lambda: AnchorModule(num_classes, latent_dim, eps, init_scale, structure)
     )
+
+
+class FreshModels:
+    """A node's freshly initialised (encoder, head, anchors), built once per key and handed out
+    as deep copies. Every module's init depends on its seed alone (``_seeded`` forks the RNG),
+    so a copy equals a new build, bit for bit, and leaves the global RNG as a build would;
+    building the CNN's weights costs ~30x copying them, and a client builds one each visit.
+    The objects the key names (configs, ``meta``) are held, so their ids stay theirs."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._built: dict[tuple, tuple[tuple, tuple[nn.Module, nn.Module, AnchorModule]]] = {}
+
+    def get(self, model, anchors, seed: int, space: str, shape, meta, num_classes: int):
+        """Copies of ``build_encoder``/``build_head``/``build_anchors`` for these arguments
+        (``model``: ModelConfig, ``anchors``: AnchorConfig)."""
+        held = (model, anchors, meta)
+        key = (*map(id, held), seed, space, tuple(shape), num_classes)
+        if key not in self._built or any(a is not b for a, b in zip(self._built[key][0], held)):
+            if len(self._built) >= self.capacity:
+                self._built.clear()
+            parts = (
+                build_encoder(model, space, tuple(shape), seed, meta),
+                build_head(model, num_classes, seed),
+                build_anchors(model.latent_dim, num_classes, anchors.eps, anchors.init_scale, seed, anchors.covariance),
+            )
+            self._built[key] = (held, parts)
+        return tuple(copy.deepcopy(m) for m in self._built[key][1])

@@ -134,8 +134,10 @@ def run_federated(cfg: Config, data: ScenarioData, run: RunDir, resume: bool = F
 
 
 def _inprocess(cfg: Config, client_app, n: int, data: ScenarioData, run: RunDir, resume: bool, stop) -> dict:
+    from clients.task import scenario
     from server.memory import run_inprocess
 
+    scenario(cfg, data)  # the clients share the driver's process: the data read once, not twice
     try:
         return run_inprocess(cfg, client_app, n, data.num_classes, run, data.class_sets, resume, stop)
     except FedAnchorsError:

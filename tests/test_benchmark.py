@@ -65,7 +65,8 @@ def test_shipped_benchmarks_load_and_every_method_builds(path):
 @pytest.mark.slow
 def test_benchmark_runs_two_methods_end_to_end(tmp_path):
     spec = tmp_path / "b.yaml"
-    sets = {"federated.rounds": 1, "federated.local_steps": 1, "data.max_per_group": 100, "federated.num_cpus": 0.5}
+    sets = {"federated.rounds": 1, "federated.local_steps": 1, "data.max_per_group": 100}
+    sets["federated.engine"] = "inprocess"  # the harness is under test here, not Ray (tests/test_ray.py)
     lr = {"lg_fedavg": [0.003, 0.001], "fedanchors": [0.003]}
     bench = {"config": "configs/digits_fed.yaml", "methods": ["lg_fedavg", "fedanchors"], "lr": lr, "seeds": 2}
     bench["grid_seeds"] = 1  # lg_fedavg: 2 lrs at seed 0, then seed 1 at the chosen one; fedanchors: 2 runs

@@ -261,3 +261,24 @@ def test_every_reply_non_finite_is_a_divergence_not_missing_clients(tmp_path):
     cfg = small_config(tmp_path, mode="federated", federated={"rounds": 3, "faults": faults})
     with pytest.raises(Diverged, match=r"all replies non-finite\) is nan in round 2"):
         run_rounds(cfg, 2)
+
+
+def test_the_in_place_update_norm_and_average_match_the_plain_formulas():
+    """combine_parts computes clients' update norms and FedAvg's mean in reused float64
+    buffers: the numbers must be the textbook ones (sqrt of summed squares; sum_i w_i s_i / sum w)."""
+    from fedanchors.aggregate import update_norm, weighted_average
+
+    gen = torch.Generator().manual_seed(0)
+    ref = {"a": torch.randn(3, 4, generator=gen), "b": torch.randn(5, generator=gen)}
+    states = [{k: v + torch.randn(v.shape, generator=gen) for k, v in ref.items()} for _ in range(3)]
+    ref64 = {k: v.double() for k, v in ref.items()}
+    work = {k: torch.empty_like(v) for k, v in ref64.items()}
+    for s in states:
+        want = math.sqrt(sum(float(((s[k].double() - ref64[k]) ** 2).sum()) for k in s))
+        assert update_norm(s, ref64, work) == pytest.approx(want, rel=1e-12)
+        assert clip_update(s, ref, 1e9)[1] == pytest.approx(want, rel=1e-12)
+    w = [1.0, 2.0, 5.0]
+    avg = weighted_average(states, w)
+    for k in ref:
+        want = sum(wi * s[k].double() for wi, s in zip(w, states)) / sum(w)
+        assert torch.allclose(avg[k].double(), want, atol=1e-6) and avg[k].dtype == torch.float32

@@ -126,3 +126,29 @@ def test_mnist_pool_option(tmp_path, shared_data):
     cfg = small_config(tmp_path, data={"groups": named_groups("mnist_hetero", pool=False), **hetero})
     with pytest.raises(DataError, match="needs both official MNIST files"):
         build_scenario(cfg.data)
+
+
+def test_fresh_models_are_copies_equal_to_a_new_build_and_independent():
+    """The client's per-visit models come from a kept build (fedanchors.models.FreshModels):
+    each copy must equal a fresh build bit for bit, leave the global RNG as a build would,
+    and share no storage with the next visit's copy."""
+    from fedanchors.config import AnchorConfig
+    from fedanchors.models import FreshModels
+
+    m = ModelConfig(latent_dim=8, encoder=EncoderConfig(kind="cnn", channels=[4, 8], hidden=16))
+    a, fresh = AnchorConfig(), FreshModels(capacity=2)
+    built = (build_encoder(m, "img", (1, 8, 8), 3), build_head(m, 5, 3), build_anchors(8, 5, a.eps, a.init_scale, 3))
+    torch.manual_seed(0)
+    first = fresh.get(m, a, 3, "img", (1, 8, 8), None, 5)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    again = fresh.get(m, a, 3, "img", (1, 8, 8), None, 5)
+    assert torch.equal(torch.rand(1), after)  # the RNG moved as it would without the cache
+    for copy, ref in zip(first, built):
+        for (k, v), w in zip(copy.state_dict().items(), ref.state_dict().values()):
+            assert torch.equal(v, w), k
+    with torch.no_grad():
+        next(first[0].parameters()).add_(1.0)
+    assert not torch.equal(next(first[0].parameters()), next(again[0].parameters()))
+    other = fresh.get(m, a, 4, "img", (1, 8, 8), None, 5)  # another seed: another build
+    assert not torch.equal(next(other[0].parameters()), next(again[0].parameters()))

@@ -140,9 +140,10 @@ def test_resume_refuses_a_different_config_or_a_broken_directory(centralized, tm
 @pytest.mark.slow
 def test_federated_resume_with_a_server_optimizer_is_exact(tmp_path):
     """FedAdam's moments, reset client optimizers and first-step group losses survive a SIGKILL;
-    two clients per group share their space's encoder, which only the server keeps."""
+    two clients per group share their space's encoder, which only the server keeps. On the
+    in-process engine (the test above kills a Ray run): its resume is exact too."""
     fed = {"rounds": 5, "server_opt": "adam", "server_lr": 0.01, "local_steps": 3, "group_loss": "first"}
-    fed |= {"reset_client_opt": True, "clients": 2}
+    fed |= {"reset_client_opt": True, "clients": 2, "engine": "inprocess"}
     cfg = small_config(
         tmp_path, mode="federated", federated=fed, optim={"name": "sgd", "lr": 0.1}, data={"max_per_group": 300}
     )
