@@ -1,7 +1,7 @@
 """A federated round against its compute floor: fedanchors and the plain PyTorch FedAvg loop
 (``bench/reference_fedavg.py``) on identical work, side by side in one run.
 
-    python bench/bench_floor.py [--workloads digits femnist] [--rounds 5 25] [--engines ray inprocess]
+    python bench/bench_floor.py [--workloads digits femnist] [--rounds 5 25] [--engines ray inprocess] [--repeat 3]
 
 For each workload (``configs/bench/floor/<name>.yaml``) both run as fresh processes at two
 round counts R1 < R2. Printed: the whole-process ratio at R2 (process start to exit, data
@@ -10,9 +10,11 @@ difference (T(R2) - T(R1)) / (R2 - R1), which cancels every fixed cost, the loop
 of its own rounds R1 + 1 .. R2, the same rounds and so the same sampled writers (it runs in
 one process, on every core; on the ray engine fedanchors' clients run in Ray workers of one
 CPU each, on the inprocess engine in the driver's process); and both runs' final test
-accuracy (the same work). Where the rest goes: on the inprocess engine a driver-side
-cProfile sees it all (docs/benchmarks.md has the breakdown); on the ray engine the clients
-run in Ray workers, which it does not see.
+accuracy (the same work). This shared machine's speed drifts by 10% or more between
+minutes, so each pair is measured ``--repeat`` times, interleaved (the loop first, then
+fedanchors first), and the median of the repeats' ratios is printed with their range. Where
+the rest goes: on the inprocess engine a driver-side cProfile sees it all (docs/benchmarks.md
+has the breakdown); on the ray engine the clients run in Ray workers, which it does not see.
 """
 
 from __future__ import annotations
@@ -57,19 +59,34 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=["digits", "femnist"])
     p.add_argument("--rounds", nargs=2, type=int, default=[5, 25])
     p.add_argument("--engines", nargs="+", default=["ray", "inprocess"], choices=["ray", "inprocess"])
+    p.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the median ratio is printed")
     a = p.parse_args()
     r1, r2 = a.rounds
     for name in a.workloads:
         config = f"configs/bench/floor/{name}.yaml"
-        p2, round_s, acc_p = reference(config, r2)
-        per_p = statistics.mean(round_s[r1:r2])  # the rounds fedanchors' difference covers: the same writers
         for engine in a.engines:
-            (f1, _), (f2, acc_f) = fedanchors(config, r1, engine), fedanchors(config, r2, engine)
-            per_f = (f2 - f1) / (r2 - r1)
+            whole, per, last = [], [], None
+            for i in range(a.repeat):
+                # the loop and fedanchors alternate which runs first, so a slow spell of this
+                # shared machine falls on both sides across the repeats
+                jobs = [(reference, (config, r2)), (fedanchors, (config, r1, engine))]
+                jobs.append((fedanchors, (config, r2, engine)))
+                order = range(3) if i % 2 == 0 else range(2, -1, -1)
+                out = {j: jobs[j][0](*jobs[j][1]) for j in order}
+                (p2, round_s, acc_p), (f1, _), (f2, acc_f) = out[0], out[1], out[2]
+                per_p = statistics.mean(round_s[r1:r2])  # the rounds fedanchors' difference covers: the same writers
+                per_f = (f2 - f1) / (r2 - r1)
+                whole.append((f2, p2))
+                per.append((per_f, per_p))
+                last = (acc_f, acc_p)
+                print(f"  {name} [{engine}] repeat {i + 1}: whole {f2:.1f} s / {p2:.1f} s = {f2 / p2:.2f}x, "
+                      f"per round {per_f:.3f} s / {per_p:.3f} s = {per_f / per_p:.2f}x", flush=True)  # fmt: skip
             tag = f"{name} [{engine}]"
-            print(f"{tag}: {r2} rounds, whole process fedanchors {f2:.1f} s, reference {p2:.1f} s: {f2 / p2:.2f}x")
-            print(f"{tag}: per round fedanchors {per_f:.3f} s, reference {per_p:.3f} s: {per_f / per_p:.2f}x")
-            print(f"{tag}: test acc_all fedanchors {acc_f:.4f}, reference {acc_p:.4f}")
+            for what, pairs in (("whole process", whole), ("per round", per)):
+                ratios = sorted(f / r for f, r in pairs)
+                spread = f" (repeats {ratios[0]:.2f}x-{ratios[-1]:.2f}x)" if len(ratios) > 1 else ""
+                print(f"{tag}: {r2} rounds, {what}: median {statistics.median(ratios):.2f}x{spread}")
+            print(f"{tag}: test acc_all fedanchors {last[0]:.4f}, reference {last[1]:.4f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,15 @@
 
     python bench/bench_scale.py --engine inprocess --config configs/scale_10k_fed.yaml --sizes 10,100,1000,10000
 
+    python bench/bench_scale.py --engine inprocess --config configs/scale_10k_fed.yaml --sizes 10,100,1000,10000 \
+        --set optim.batch_size=1
+
+The data is fixed, so a client of 10 holds ~1,470 images and one of 10,000 one or two: with
+the config's batches of 32, a round of 10 clients trains on 32 images a step and one of
+10,000 clients on one or two. ``--set optim.batch_size=1`` makes the work equal: every
+sampled client, in every population, takes its ``local_steps`` steps of one image each, so
+what differs between populations is only what the population itself costs.
+
 Each population is ``configs/scale_1000_fed.yaml`` (or ``--config``: 10,000 clients need
 FEMNIST's images, ``configs/scale_10k_fed.yaml``) with ``federated.clients`` set to half of
 it per group (two groups), 10 clients sampled per round (stratified), the
@@ -70,7 +79,9 @@ def timed_trainer(base: type, marks: dict[str, float], stamps: list[float]) -> t
     return Timed
 
 
-def child(size: int, rounds: int, engine: str = "ray", config: str = "configs/scale_1000_fed.yaml") -> None:
+def child(
+    size: int, rounds: int, engine: str = "ray", config: str = "configs/scale_1000_fed.yaml", extra: tuple = ()
+) -> None:
     from server.simulation import _quiet
 
     _quiet()
@@ -87,7 +98,7 @@ def child(size: int, rounds: int, engine: str = "ray", config: str = "configs/sc
     from server.strategy import FedAnchors
 
     sets = [f"federated.clients={size // 2}", f"federated.rounds={rounds}", "federated.clients_per_round=10"]
-    sets.append("progress=false")
+    sets += ["progress=false", *extra]
     cfg = load_config(REPO / config, sets)
     data = build_data(cfg.data)
     n = population_size(cfg.federated, data, cfg.seed)
@@ -141,10 +152,11 @@ def main() -> None:
     p.add_argument("--child", type=int, default=0)
     p.add_argument("--engine", default="ray", choices=["ray", "inprocess"])
     p.add_argument("--config", default="configs/scale_1000_fed.yaml")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = p.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if args.child:
-        return child(args.child, args.rounds, args.engine, args.config)
+        return child(args.child, args.rounds, args.engine, args.config, tuple(args.sets))
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         out = subprocess.run(
@@ -159,6 +171,7 @@ def main() -> None:
                 args.engine,
                 "--config",
                 args.config,
+                *[x for kv in args.sets for x in ("--set", kv)],
             ],  # fmt: skip
             cwd=REPO,
             check=True,
@@ -167,7 +180,8 @@ def main() -> None:
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0]
-    print(f"## Populations ({args.engine} engine), 10 sampled clients per round, median of rounds 2..{args.rounds - 1}")
+    sets = f", {' '.join(args.sets)}" if args.sets else ""
+    print(f"## Populations ({args.engine} engine{sets}), 10 sampled a round, median of rounds 2..{args.rounds - 1}")
     print("| clients | setup (s) | s/round | vs smallest | final evaluation, all clients (s) | peak memory (MB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

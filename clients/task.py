@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -12,48 +11,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients import secure
+from clients.node import FRESH, client_group, scenario
 from clients.protocol import ANCHORS, ENCODER, HEAD, STATE_LOST, WRITE_FAILED, pack, pack_arrays, unpack
 from fedanchors.analysis import group_class_gaussians
-from fedanchors.config import Config, anchors_used, to_dict
+from fedanchors.config import Config, anchors_used
 from fedanchors.data import GroupData, ScenarioData
 from fedanchors.fileio import WriteError, write_atomic
 from fedanchors.metrics import split_counts
-from fedanchors.models import FreshModels, stable_seed
+from fedanchors.models import stable_seed
 from fedanchors.moments import class_sufficient_stats, stats_to_moments
-from fedanchors.population import Client, build_population, client_data
 from fedanchors.privacy import private_reply
 from fedanchors.rundir import resolve_device, seed_everything
-from fedanchors.runs import build_data
 from fedanchors.train import LocalWork, adapt_encoder, local_train, make_optimizer, steps_per_epoch
-
-_DATA: dict[str, tuple[ScenarioData, list[Client]]] = {}  # read-only cache per actor process
-_SLICES: dict[int, GroupData] = {}  # the clients' slices of that scenario, cut once per actor
-_FRESH = FreshModels()  # fresh models, built once per process and copied per visit
-
-
-def scenario(cfg: Config, built: ScenarioData | None = None) -> tuple[ScenarioData, list[Client]]:
-    """The scenario and its population (one per process, keyed by the config that makes them).
-    ``built``: ``cfg.data``'s scenario already at hand (the in-process engine's driver read it)."""
-    f = cfg.federated
-    parts = (f.clients, f.group_clients, f.partition, f.partition_alpha, f.partition_labels, cfg.seed)
-    key = json.dumps([to_dict(cfg.data), *parts], sort_keys=True)
-    if key not in _DATA:
-        _DATA.clear()
-        _SLICES.clear()
-        data = built if built is not None else build_data(cfg.data)
-        _DATA[key] = (data, build_population(data, f, cfg.seed))
-    return _DATA[key]
-
-
-def client_group(cfg: Config, pid: int) -> tuple[GroupData, int]:
-    """This client's own slice of its group, and the group's index."""
-    data, population = scenario(cfg)
-    if not 0 <= pid < len(population):
-        raise ValueError(f"partition-id {pid} is outside the population 0..{len(population) - 1}")
-    c = population[pid]
-    if pid not in _SLICES:  # indexing copies the rows: once, not on every message
-        _SLICES[pid] = client_data(data.groups[c.group], c)
-    return _SLICES[pid], c.group
 
 
 class ClientState:
@@ -118,7 +87,7 @@ class ClientModel:
         self.encoder_from_server = encoder_from_server  # a shared space's: the server keeps it
         self.device = resolve_device(cfg.device)
         m, a = cfg.model, cfg.anchors
-        enc, head, anchors = _FRESH.get(m, a, cfg.seed, group.space, group.shape, group.meta, num_classes)
+        enc, head, anchors = FRESH.get(m, a, cfg.seed, group.space, group.shape, group.meta, num_classes)
         self.encoder, self.head, self.anchors = enc.to(self.device), head.to(self.device), anchors.to(self.device)
         self.opt = make_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()), cfg.optim)
         if blob is not None:

@@ -13,6 +13,7 @@ picks C on the clients' own validation splits (``server/strategy.py``).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -76,15 +77,20 @@ def balanced_indices(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.concatenate([rng.choice(np.flatnonzero(groups == g), n, replace=False) for g in present])
 
 
+@functools.cache
 def _l1() -> dict:
-    """An L1 penalty, spelled as the installed scikit-learn wants it (``penalty`` is deprecated in 1.8)."""
+    """An L1 penalty, spelled as the installed scikit-learn wants it (``penalty`` is deprecated in 1.8).
+    Asked on first use: importing scikit-learn costs ~0.8 s, which a run without DFR need not pay."""
     import sklearn
 
     major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
     return {"l1_ratio": 1.0} if (major, minor) >= (1, 8) else {"penalty": "l1"}
 
 
-L1 = _l1()
+def __getattr__(name: str):
+    if name == "L1":  # the penalty's keyword, ``fedanchors.dfr.L1``, read lazily
+        return _l1()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +101,7 @@ def fit_logreg(z: np.ndarray, y: np.ndarray, C: float, num_classes: int, seed: i
     mean, std = z.mean(0), z.std(0) + 1e-6
     binary = len(np.unique(y)) <= 2  # liblinear is binary only; saga fits the multinomial L1 model
     solver = "liblinear" if binary else "saga"
-    clf = LogisticRegression(C=C, solver=solver, random_state=seed % 2**32, max_iter=500 if binary else 2000, **L1)
+    clf = LogisticRegression(C=C, solver=solver, random_state=seed % 2**32, max_iter=500 if binary else 2000, **_l1())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit((z - mean) / std, y)

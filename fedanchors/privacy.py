@@ -35,6 +35,7 @@ import os
 import torch
 
 from fedanchors.config_sections import PrivacyConfig
+from fedanchors.health import all_finite
 from fedanchors.models import stable_seed
 
 BLOCKS = ("update", "counts", "sums", "outer", "loss")
@@ -178,6 +179,6 @@ def release_problem(release: dict, shapes: dict[str, tuple]) -> str:
         v = torch.as_tensor(release[k])
         if tuple(v.shape) != tuple(shape):
             return f"private block {k} has shape {tuple(v.shape)}, expected {tuple(shape)}"
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             return f"private block {k} is not finite"
     return ""

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from fedanchors.health import all_finite
+
 PSD_TOL = 1e-3  # relative: eigenvalues >= -tol * (1 + largest |eigenvalue|); asymmetry <= tol * (1 + max |entry|)
 
 
@@ -30,7 +32,7 @@ def state_problem(got: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tenso
             return f"{what}.{k}: shape {list(v.shape)}, expected {list(r.shape)}"
         if not v.is_floating_point():
             return f"{what}.{k}: dtype {v.dtype}, expected floating point"
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             return f"{what}.{k}: non-finite values"
     return ""
 

@@ -112,6 +112,19 @@ class RepliesMixin:
         if self.errors is not None:
             append_line(self.errors, f"round {rnd} {phase} client {pid} (node {node}): reply rejected: {why}\n")
 
+    def _parts(self, r: Message, record: str, prefix: str) -> dict:
+        """``unpack(r.content[record], prefix)``, read once per reply while a round's replies are
+        vetted and aggregated (the check and the update share the tensors; ``_forget_parts``
+        drops them)."""
+        cache = self.__dict__.setdefault("_parsed", {})
+        key = (id(r), record, prefix)
+        if key not in cache:
+            cache[key] = (r, unpack(r.content[record], prefix))  # r kept: its id stays its own
+        return cache[key][1]
+
+    def _forget_parts(self) -> None:
+        self.__dict__.pop("_parsed", None)
+
     def _train_problem(self, pid: int, r: Message) -> str:
         """Why a training reply cannot be used ("" when it can)."""
         c = r.content
@@ -127,18 +140,17 @@ class RepliesMixin:
         why = scalar_problem("loss", m.get("loss"), 0.0) or scalar_problem("fit", m.get("fit"), 0.0)
         if why:
             return why
-        arrays = c["global"]
         if self.cfg.federated.head_sharing == "global":
-            why = state_problem(unpack(arrays, HEAD), self.head.state_dict(), "head")
+            why = state_problem(self._parts(r, "global", HEAD), self.head.state_dict(), "head")
         space = self.info[pid]["space"]
         if not why and space in self.encoders:
-            why = state_problem(unpack(arrays, ENCODER), self.encoders[space].state_dict(), "encoder")
+            why = state_problem(self._parts(r, "global", ENCODER), self.encoders[space].state_dict(), "encoder")
         if not why and "snapshot" in c.array_records:  # DRFA's snapshot: the same parts, as sound
-            snap = c["snapshot"]
             if self.cfg.federated.head_sharing == "global":
-                why = state_problem(unpack(snap, HEAD), self.head.state_dict(), "snapshot head")
+                why = state_problem(self._parts(r, "snapshot", HEAD), self.head.state_dict(), "snapshot head")
             if not why and space in self.encoders:
-                why = state_problem(unpack(snap, ENCODER), self.encoders[space].state_dict(), "snapshot encoder")
+                enc = self._parts(r, "snapshot", ENCODER)
+                why = state_problem(enc, self.encoders[space].state_dict(), "snapshot encoder")
         if not why and anchors_used(self.cfg):
             if "stats" not in c.array_records:
                 return "no class statistics"

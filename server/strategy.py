@@ -15,7 +15,7 @@ import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack, unpack_arrays
+from clients.protocol import ENCODER, HEAD, message_bytes, pack, unpack_arrays
 from fedanchors.errors import FedAnchorsError
 from fedanchors.fedserver import ClientUpdate, ServerCore
 from server.replies import RepliesMixin
@@ -104,23 +104,27 @@ class FedAnchors(ServerCore, RepliesMixin):
 
     def aggregate_train(self, rnd: int, replies: Iterable[Message]) -> dict[str, float]:
         """Vet round ``rnd``'s replies, parse them and aggregate them (``ServerCore.aggregate_round``)."""
-        ok = self._vet_train(rnd, self._split_replies(rnd, replies, "train"))
-        return self.aggregate_round(rnd, [self._update(p, r) for p, r in ok])
+        try:
+            ok = self._vet_train(rnd, self._split_replies(rnd, replies, "train"))
+            updates = [self._update(p, r) for p, r in ok]
+        finally:
+            self._forget_parts()
+        return self.aggregate_round(rnd, updates)
 
     def _update(self, pid: int, r: Message) -> ClientUpdate:
         c = r.content
         if "private" in c.array_records:  # privacy: the release is all a client sends
             release = {k: torch.from_numpy(v).double() for k, v in unpack_arrays(c["private"]).items()}
             return ClientUpdate(pid, dict(c["metrics"]), release=release)
-        head = unpack(c["global"], HEAD) if self.cfg.federated.head_sharing == "global" else None
-        encoder = unpack(c["global"], ENCODER) if self.info[pid]["space"] in self.encoders else None
+        head = self._parts(r, "global", HEAD) if self.cfg.federated.head_sharing == "global" else None
+        encoder = self._parts(r, "global", ENCODER) if self.info[pid]["space"] in self.encoders else None
         stats = unpack_arrays(c["stats"]) if "stats" in c.array_records else None
         snapshot = None
         if "snapshot" in c.array_records:  # DRFA
             space = self.info[pid]["space"]
-            snapshot = {"head": unpack(c["snapshot"], HEAD)} if head is not None else {}
+            snapshot = {"head": self._parts(r, "snapshot", HEAD)} if head is not None else {}
             if encoder is not None:
-                snapshot[f"encoder.{space}"] = unpack(c["snapshot"], ENCODER)
+                snapshot[f"encoder.{space}"] = self._parts(r, "snapshot", ENCODER)
         return ClientUpdate(pid, dict(c["metrics"]), head, encoder, stats, snapshot)
 
     # -- DRFA's loss query --------------------------------------------------------------
