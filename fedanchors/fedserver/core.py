@@ -105,6 +105,11 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         self.info = info
         self.cgroup = [i["gi"] for i in self.info]
         self.held = held_out(self.cgroup, self.cfg.federated.holdout, self.cfg.seed)
+        # what a round reads of the population, fixed after setup: made once, not per round
+        self._training = [p for p in range(len(self.cgroup)) if p not in self.held]
+        self._pool_groups = [self.cgroup[p] for p in self._training]
+        self.spaces = [i["space"] for i in self.info]
+        self._train_examples = sum(self.info[p]["n"] for p in self._training)
         self.cohort = eval_cohort(self.cgroup, self.held, self.cfg.federated.eval_clients, self.cfg.seed)
         self.names = [next(i["group"] for i in self.info if i["gi"] == g) for g in sorted(set(self.cgroup))]
         self.client_rounds = [0] * len(self.info)
@@ -134,7 +139,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
 
     def training(self) -> list[int]:
         """The partitions that train (all but the held-out new clients)."""
-        return [p for p in range(len(self.cgroup)) if p not in self.held]
+        return list(self._training)
 
     def shared_parts(self, pid: int) -> dict[str, dict]:
         """What client ``pid`` is sent: its space's shared encoder, the global head, the anchors."""
@@ -163,14 +168,16 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         # a group that missed a round counts with its last loss (one that never reported leaves the objective at q)
         drawn = self.plan_weights(rnd)
         if self.draws is None:
-            pool = self.training()
-            picked = sample_clients([self.cgroup[p] for p in pool], f.clients_per_round, f.sampling, self.cfg.seed, rnd)
+            pool = self._training
+            picked = sample_clients(self._pool_groups, f.clients_per_round, f.sampling, self.cfg.seed, rnd)
             drawn = [pool[i] for i in picked]
         self.sampled = drop_out(drawn, f.dropout, self.cfg.seed, rnd)
         self.sampled_groups = {self.cgroup[p] for p in drawn}
         w = self.partition_weights(self.sampled)
-        self.weights = torch.tensor([w.get(p, 0.0) for p in range(len(self.info))], dtype=torch.float64)
-        spaces = [i["space"] for i in self.info]
+        self.weights = torch.zeros(len(self.info), dtype=torch.float64)
+        if w:
+            self.weights[list(w)] = torch.tensor(list(w.values()), dtype=torch.float64)
+        spaces = self.spaces
         scale = self.encoder_scales(spaces)
         shared = [s in self.encoders for s in spaces]
         self.scales = dict(enumerate(scale))

@@ -36,6 +36,7 @@ class UnitsMixin:
             self.units = [self.members(g) for g in range(len(self.names))]
             names = list(self.names)
         self.unit_of = {p: u for u, ms in enumerate(self.units) for p in ms}
+        self._unit_counts = None  # counted on first use
         self.method = build_method(self.cfg.method, names)
         self.draws: dict[int, float] | None = None  # DRFA: this round's clients and their weight
         self.snapshot: dict | None = None
@@ -63,16 +64,23 @@ class UnitsMixin:
         training set's size (1 under ``update``), so eta means a pass over the data in both modes."""
         if self.cfg.method.eta_unit == "update":
             return 1.0
-        f, n = self.cfg.federated, {p: self.info[p]["n"] for p in self.training()}
-        done = sum(f.local_steps * self.cfg.optim.batch_size if f.local_steps else f.local_epochs * n[p] for p in pids)
-        return done / sum(n.values())
+        f = self.cfg.federated
+        step = f.local_steps * self.cfg.optim.batch_size
+        done = sum(step if f.local_steps else f.local_epochs * self.info[p]["n"] for p in pids)
+        return done / self._train_examples
 
     @property
     def by_client(self) -> bool:
         return self.cfg.method.level == "client"
 
     def unit_counts(self) -> torch.Tensor:
-        """Each unit's size: a group's examples (or its share of a fixed-ratio step), a client's examples."""
+        """Each unit's size: a group's examples (or its share of a fixed-ratio step), a client's
+        examples (fixed after setup: counted once)."""
+        if getattr(self, "_unit_counts", None) is None:
+            self._unit_counts = self._count_units()
+        return self._unit_counts.clone()
+
+    def _count_units(self) -> torch.Tensor:
         gb = self.cfg.optim.group_batch
         if self.by_client:
             return torch.tensor([self.info[ms[0]]["n"] for ms in self.units])
