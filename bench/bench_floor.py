@@ -2,6 +2,7 @@
 (``bench/reference_fedavg.py``) on identical work, side by side in one run.
 
     python bench/bench_floor.py [--workloads digits femnist] [--rounds 5 25] [--engines ray inprocess] [--repeat 3]
+                                [--breakdown]
 
 For each workload (``configs/bench/floor/<name>.yaml``) both run as fresh processes at two
 round counts R1 < R2. Printed: the whole-process ratio at R2 (process start to exit, data
@@ -13,8 +14,10 @@ CPU each, on the inprocess engine in the driver's process); and both runs' final
 accuracy (the same work). This shared machine's speed drifts by 10% or more between
 minutes, so each pair is measured ``--repeat`` times, interleaved (the loop first, then
 fedanchors first), and the median of the repeats' ratios is printed with their range. Where
-the rest goes: on the inprocess engine a driver-side cProfile sees it all (docs/benchmarks.md
-has the breakdown); on the ray engine the clients run in Ray workers, which it does not see.
+the rest goes: ``--breakdown`` then profiles one in-process run of each workload
+(``bench/floor_profile.py``: data, setup, local training, the clients' message handling, the
+server's aggregation, evaluation, checkpoints, serialisation); on the ray engine the clients
+run in Ray workers, which a driver-side profile does not see.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 ENV = os.environ | {"FLWR_TELEMETRY_ENABLED": "0", "FEDANCHORS_PLOTS": "0"}
 
 
@@ -60,6 +64,7 @@ def main() -> None:
     p.add_argument("--rounds", nargs=2, type=int, default=[5, 25])
     p.add_argument("--engines", nargs="+", default=["ray", "inprocess"], choices=["ray", "inprocess"])
     p.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the median ratio is printed")
+    p.add_argument("--breakdown", action="store_true", help="then where fedanchors' time goes, from a profile")
     a = p.parse_args()
     r1, r2 = a.rounds
     for name in a.workloads:
@@ -87,6 +92,10 @@ def main() -> None:
                 spread = f" (repeats {ratios[0]:.2f}x-{ratios[-1]:.2f}x)" if len(ratios) > 1 else ""
                 print(f"{tag}: {r2} rounds, {what}: median {statistics.median(ratios):.2f}x{spread}")
             print(f"{tag}: test acc_all fedanchors {last[0]:.4f}, reference {last[1]:.4f}")
+        if a.breakdown:
+            from bench.floor_profile import print_breakdown
+
+            print_breakdown(name, config, r2)
 
 
 if __name__ == "__main__":
