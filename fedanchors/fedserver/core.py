@@ -105,11 +105,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         self.info = info
         self.cgroup = [i["gi"] for i in self.info]
         self.held = held_out(self.cgroup, self.cfg.federated.holdout, self.cfg.seed)
-        # what a round reads of the population, fixed after setup: made once, not per round
-        self._training = [p for p in range(len(self.cgroup)) if p not in self.held]
-        self._pool_groups = [self.cgroup[p] for p in self._training]
-        self.spaces = [i["space"] for i in self.info]
-        self._train_examples = sum(self.info[p]["n"] for p in self._training)
+        self.fix_population()
         self.cohort = eval_cohort(self.cgroup, self.held, self.cfg.federated.eval_clients, self.cfg.seed)
         self.names = [next(i["group"] for i in self.info if i["gi"] == g) for g in sorted(set(self.cgroup))]
         self.client_rounds = [0] * len(self.info)
@@ -118,10 +114,9 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         self.setup_units()
         self.log_prior = self._log_prior()
         self.analysis = RoundAnalysis(self.cfg, self.names) if dynamics.enabled(self.cfg) else None
-        spaces = [i["space"] for i in self.info]
-        for i in self.info:
+        for i in self.info:  # each space's holders counted once, when its first one comes (not N^2)
             sharing = self.cfg.federated.encoder_sharing == "space"
-            if sharing and spaces.count(i["space"]) > 1 and i["space"] not in self.encoders:
+            if sharing and i["space"] not in self.encoders and self.spaces.count(i["space"]) > 1:
                 self.encoders[i["space"]] = build_encoder(
                     self.cfg.model, i["space"], i["shape"], self.cfg.seed, i["meta"]
                 )
@@ -168,18 +163,16 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         # a group that missed a round counts with its last loss (one that never reported leaves the objective at q)
         drawn = self.plan_weights(rnd)
         if self.draws is None:
-            pool = self._training
             picked = sample_clients(self._pool_groups, f.clients_per_round, f.sampling, self.cfg.seed, rnd)
-            drawn = [pool[i] for i in picked]
+            drawn = [self._training[i] for i in picked]
         self.sampled = drop_out(drawn, f.dropout, self.cfg.seed, rnd)
         self.sampled_groups = {self.cgroup[p] for p in drawn}
         w = self.partition_weights(self.sampled)
         self.weights = torch.zeros(len(self.info), dtype=torch.float64)
         if w:
             self.weights[list(w)] = torch.tensor(list(w.values()), dtype=torch.float64)
-        spaces = self.spaces
-        scale = self.encoder_scales(spaces)
-        shared = [s in self.encoders for s in spaces]
+        scale = self.encoder_scales(self.spaces)
+        shared = [s in self.encoders for s in self.spaces]
         self.scales = dict(enumerate(scale))
         config = {"encoder_scale": scale, "encoder_shared": shared}
         if self.cfg.analysis.jacobian and dynamics.due(self.cfg, rnd):

@@ -27,6 +27,15 @@ from fedanchors.population import split_weights
 class UnitsMixin:
     """The method's units and per-partition weights (state: ``units``, ``unit_of``, ``draws``)."""
 
+    def fix_population(self) -> None:
+        """What a round reads of the population, fixed after setup (the training partitions,
+        their groups, every partition's input space, the training examples): made once here,
+        not walked over all clients every round."""
+        self._training = [p for p in range(len(self.cgroup)) if p not in self.held]
+        self._pool_groups = [self.cgroup[p] for p in self._training]
+        self.spaces = [i["space"] for i in self.info]
+        self._train_examples = sum(self.info[p]["n"] for p in self._training)
+
     def setup_units(self) -> None:
         """The method over groups or, at ``method.level: client``, over the training clients."""
         if self.cfg.method.level == "client":
