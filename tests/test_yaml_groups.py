@@ -67,7 +67,30 @@ def test_shipped_configs_build_the_data_they_always_built(name, request):
     )
     cfg = load_config(REPO / "configs" / f"{name}.yaml", root)
     assert cfg.data.groups and not cfg.data.scenario  # one way to define data
-    _close(summary(build_scenario(cfg.data)), REFERENCE[name], name)
+    got, ref = summary(build_scenario(cfg.data)), REFERENCE[name]
+    for i, (g, r) in enumerate(zip(got["groups"], ref["groups"])):
+        if g["space"] == "audio":  # FFT features: equal to float32 rounding, not bit for bit
+            for s in ("train", "val", "test"):
+                _close_rounded(g.pop(s), r[s], f"{name}.groups[{i}].{s}")
+    rest = [{k: v for k, v in r.items() if k in g} for g, r in zip(got["groups"], ref["groups"])]
+    _close(got, {**ref, "groups": rest}, name)
+
+
+def _close_rounded(a: dict, b: dict, where: str) -> None:
+    """A split of float32 features computed through an FFT (log-mel spectrograms): the FFT's
+    rounding follows the CPU's vector instructions (the reference was recorded on another CPU;
+    on an AVX-512 machine the squared sum moves by 7e-9 of itself), so the sums are compared to
+    a float32 bound: 1e-6 of sum |x| <= sqrt(n * sum x^2) (Cauchy-Schwarz), times the row
+    weights for the position-weighted sum. A changed transform (another hop, mel count or
+    scaling) moves them by far more."""
+    assert a["shape"] == b["shape"] and a["labels"] == b["labels"], where
+    n = 1
+    for d in a["shape"]:
+        n *= d
+    tol = 1e-6 * (n * b["sq"]) ** 0.5
+    assert a["sq"] == pytest.approx(b["sq"], rel=1e-6), f"{where}.sq"
+    assert abs(a["sum"] - b["sum"]) <= tol, f"{where}.sum"
+    assert abs(a["rows"] - b["rows"]) <= tol * a["shape"][0], f"{where}.rows"
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist_hetero", "mnist_lt", "femnist", "confounded_mnist"])
