@@ -45,7 +45,7 @@ class UnitsMixin:
             self.units = [self.members(g) for g in range(len(self.names))]
             names = list(self.names)
         self.unit_of = {p: u for u, ms in enumerate(self.units) for p in ms}
-        self._unit_counts = None  # counted on first use
+        self._unit_counts = self._count_units()  # fixed after setup: counted once
         self.method = build_method(self.cfg.method, names)
         self.draws: dict[int, float] | None = None  # DRFA: this round's clients and their weight
         self.snapshot: dict | None = None
@@ -84,9 +84,7 @@ class UnitsMixin:
 
     def unit_counts(self) -> torch.Tensor:
         """Each unit's size: a group's examples (or its share of a fixed-ratio step), a client's
-        examples (fixed after setup: counted once)."""
-        if getattr(self, "_unit_counts", None) is None:
-            self._unit_counts = self._count_units()
+        examples (counted once at setup)."""
         return self._unit_counts.clone()
 
     def _count_units(self) -> torch.Tensor:
