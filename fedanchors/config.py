@@ -118,7 +118,7 @@ _CHOICES = {
     "anchors.covariance": ("full", "diag", "none"),
     "anchors.fit": ("w2", "prototype"),
     "federated.head_sharing": ("global", "local"),
-    "federated.sampling": ("stratified", "uniform"),
+    "federated.sampling": ("stratified", "balanced", "uniform"),
     "federated.engine": ("ray", "inprocess"),
     "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),

@@ -241,7 +241,8 @@ class FederatedConfig:
     partition_alpha: float = 0.5  # dirichlet concentration (smaller: more label skew)
     partition_labels: int = 2  # shards: labels per client
     clients_per_round: int = 0  # sampled clients per round (0: all)
-    sampling: str = "stratified"  # stratified (one client of every group first) | uniform
+    # stratified (one client of every group first) | balanced (as many from every group) | uniform
+    sampling: str = "stratified"
     dropout: float = 0.0  # probability that a sampled client does not answer (seeded)
     # space: an input space's encoder is averaged over the clients of that space (never across
     # spaces); client: every client keeps its own encoder, which never leaves it (LG-FedAvg)

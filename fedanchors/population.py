@@ -202,6 +202,8 @@ def sample_clients(groups: list[int], n: int, mode: str, seed: int, rnd: int) ->
     """The partitions asked to train in round ``rnd`` (all when ``n`` is 0 or covers them).
 
     ``stratified``: one client of every group first, the rest uniformly from the others;
+    ``balanced``: the same number from every group (a group with fewer clients gives all it
+    has, the others share the rest; a remainder goes to groups drawn at random);
     ``uniform``: ``n`` clients uniformly. Seeded by (seed, round)."""
     total = len(groups)
     if n <= 0 or n >= total:
@@ -209,14 +211,42 @@ def sample_clients(groups: list[int], n: int, mode: str, seed: int, rnd: int) ->
     g = torch.Generator().manual_seed(stable_seed(seed, "sample", rnd))
     if mode == "uniform":
         return sorted(torch.randperm(total, generator=g)[:n].tolist())
-    chosen: list[int] = []
-    for gi in sorted(set(groups)):
-        members = [p for p, x in enumerate(groups) if x == gi]
-        chosen.append(members[int(torch.randint(len(members), (1,), generator=g))])
+    members = {gi: [p for p, x in enumerate(groups) if x == gi] for gi in sorted(set(groups))}
+    if mode == "balanced":
+        quota = _balanced_quota({gi: len(m) for gi, m in members.items()}, n, g)
+        return sorted(p for gi, m in members.items() for p in _draw(m, quota[gi], g))
+    chosen = [_draw(m, 1, g)[0] for m in members.values()]
     taken = set(chosen)
     rest = [p for p in range(total) if p not in taken]
     extra = torch.randperm(len(rest), generator=g)[: max(0, n - len(chosen))].tolist()
     return sorted(chosen + [rest[i] for i in extra])
+
+
+def _draw(members: list[int], k: int, g: torch.Generator) -> list[int]:
+    """``k`` of ``members`` without replacement (one draw: a single seeded index)."""
+    if k == 1:
+        return [members[int(torch.randint(len(members), (1,), generator=g))]]
+    return [members[i] for i in torch.randperm(len(members), generator=g)[:k].tolist()]
+
+
+def _balanced_quota(sizes: dict[int, int], n: int, g: torch.Generator) -> dict[int, int]:
+    """How many clients each group gives to a balanced draw of ``n`` (< the population):
+    equal shares, capped at a group's size, the capped groups' surplus shared by the others,
+    and a remainder of r < (open groups) given one each to r groups drawn at random."""
+    quota = dict.fromkeys(sizes, 0)
+    left = n
+    while left > 0:
+        open_ = [gi for gi in sizes if quota[gi] < sizes[gi]]
+        share = left // len(open_)
+        if share == 0:
+            for i in torch.randperm(len(open_), generator=g)[:left].tolist():
+                quota[open_[i]] += 1
+            break
+        for gi in open_:
+            add = min(share, sizes[gi] - quota[gi])
+            quota[gi] += add
+            left -= add
+    return quota
 
 
 def held_out(groups: list[int], fraction: float, seed: int) -> set[int]:

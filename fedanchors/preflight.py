@@ -45,10 +45,10 @@ def check_against_data(cfg: Config, data) -> None:
         )
     if f.clients_per_round > n:
         raise ConfigError(f"federated.clients_per_round={f.clients_per_round} exceeds the population of {n} clients")
-    if f.clients_per_round and f.sampling == "stratified" and f.clients_per_round < len(data.groups):
+    if f.clients_per_round and f.sampling != "uniform" and f.clients_per_round < len(data.groups):
         raise ConfigError(
             f"federated.clients_per_round={f.clients_per_round} is below the {len(data.groups)} groups that "
-            "stratified sampling gives a client each round; raise it or use federated.sampling: uniform"
+            f"{f.sampling} sampling gives a client each round; raise it or use federated.sampling: uniform"
         )
     if f.fault_partition >= n:
         raise ConfigError(

@@ -71,6 +71,24 @@ def test_sampling_is_seeded_and_stratified():
     assert 650 < len(kept[0]) < 750
 
 
+def test_balanced_sampling_takes_as_many_clients_from_every_group():
+    groups = [0] * 88 + [1] * 22  # FEMNIST's hi / lo writers
+    rounds = [sample_clients(groups, 14, "balanced", 0, r) for r in range(1, 201)]
+    assert all(len(s) == 14 == len(set(s)) for s in rounds)
+    assert all(sum(groups[p] for p in s) == 7 for s in rounds)  # 7 of each, every round
+    assert rounds == [sample_clients(groups, 14, "balanced", 0, r) for r in range(1, 201)]
+    seen = [sum(p in s for s in rounds) for p in range(110)]  # within a group, uniform
+    assert min(seen[88:]) > 40 and max(seen[:88]) < 35, seen  # lo: 7/22 of 200 = 64, hi: 7/88 = 16
+    # a group smaller than its share gives all it has, the others share the rest
+    small = [0] * 10 + [1] * 2 + [2] * 10
+    for r in range(1, 21):
+        s = sample_clients(small, 9, "balanced", 1, r)
+        counts = sorted(sum(small[p] == gi for p in s) for gi in (0, 2))
+        assert sum(small[p] == 1 for p in s) == 2 and counts == [3, 4]
+    odd = [sum(groups[p] for p in sample_clients(groups, 15, "balanced", 0, r)) for r in range(1, 41)]
+    assert set(odd) == {7, 8}  # the one left over goes to either group
+
+
 def test_aggregation_over_several_clients_per_group_by_hand(tmp_path):
     """iw: w_g = 1/2 split over a group's answering clients by examples; a group's loss is the
     example-weighted mean of its clients' losses; one client of group 0 missing renormalises."""
