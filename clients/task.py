@@ -22,7 +22,7 @@ from fedanchors.models import stable_seed
 from fedanchors.moments import class_sufficient_stats, stats_to_moments
 from fedanchors.privacy import private_reply
 from fedanchors.rundir import resolve_device, seed_everything
-from fedanchors.train import LocalWork, adapt_encoder, local_train, make_optimizer, steps_per_epoch
+from fedanchors.train import LocalWork, adapt_encoder, local_train, make_optimizer, set_lr, steps_per_epoch
 
 
 class ClientState:
@@ -267,6 +267,8 @@ def train(msg: Message, context: Context, cfg: Config, state_dir: str = "") -> M
     model.load_global(msg.content["arrays" if stock else "global"])
     start = {"head": _copy(model.head), "encoder": _copy(model.encoder)} if bad else {}
     conf = {"encoder_scale": 1.0, "encoder_shared": False} if stock else msg.content["config"]
+    if "lr" in conf:  # optim.schedule: this round's learning rate
+        set_lr(model.opt, float(conf["lr"]))
     f = cfg.federated
     private = cfg.privacy.enabled and not stock
     before = _shared(cfg, model, conf) if private else {}

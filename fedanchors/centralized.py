@@ -33,9 +33,11 @@ from fedanchors.train import (
     clip_and_step,
     group_batch_sizes,
     group_objective,
+    lr_at,
     make_optimizer,
     own_rates,
     separation_loss,
+    set_lr,
     steps_per_epoch,
 )
 
@@ -101,6 +103,7 @@ class CentralizedTrainer:
     def train(self, t: int) -> dict[str, float]:
         """Epoch ``t``: the step means of the objective's terms (analysed first when due)."""
         record = self.analyse(t) if dynamics.due(self.cfg, t) else None
+        set_lr(self.opt, lr_at(self.cfg.optim, t, self.total))
         sums: dict[str, float] = {}
         before = flat_params(self.parts())
         steps = self.epoch_batches()

@@ -119,6 +119,7 @@ _CHOICES = {
     "anchors.fit": ("w2", "prototype"),
     "federated.head_sharing": ("global", "local"),
     "federated.sampling": ("stratified", "balanced", "uniform"),
+    "optim.schedule": ("constant", "cosine"),
     "federated.engine": ("ray", "inprocess"),
     "federated.encoder_sharing": ("space", "client"),
     "logging.wandb_mode": ("offline", "online", "disabled"),

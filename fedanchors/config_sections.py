@@ -122,6 +122,9 @@ class OptimConfig:
     batch_size: int = 128
     epochs: int = 5
     patience: int = 0  # > 0: stop after this many epochs/rounds without a better val acc_wg
+    # the learning rate over the budget (epochs centralized, rounds federated): constant, or
+    # cosine from optim.lr at the first to near 0 at the last (fedanchors.train.lr_at)
+    schedule: str = "constant"
     # fixed-ratio mixed batches, e.g. {confounded: 60, corrected: 4}: each step takes this many
     # examples of each group (every group named); a federated client uses its entry as its batch
     group_batch: dict[str, int] = field(default_factory=dict)

@@ -124,6 +124,27 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> to
     return OPTIMIZERS.get(cfg.name, "optim.name")(list(params), cfg)
 
 
+def lr_at(cfg: OptimConfig, t: int, total: int) -> float:
+    """``optim.lr`` at epoch or round ``t`` of ``total`` (1-based) under ``optim.schedule``:
+    constant, or cosine, lr (1 + cos(pi (t - 1) / total)) / 2, which is lr at t = 1 and above 0
+    at t = total. A function of t alone, so resuming needs no scheduler state."""
+    if cfg.schedule == "constant" or total <= 0:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (min(t, total) - 1) / total))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group of ``opt`` at learning rate ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def lr_config(cfg: OptimConfig, rnd: int, rounds: int) -> dict[str, float]:
+    """What a federated round tells its clients of the schedule: {} when constant (the
+    clients' ``optim.lr``), else ``{"lr": lr_at(...)}``."""
+    return {} if cfg.schedule == "constant" else {"lr": lr_at(cfg, rnd, rounds)}
+
+
 def clip_and_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_clip: float) -> None:
     """Clip the global gradient norm (when > 0), then step."""
     if grad_clip > 0:

@@ -122,3 +122,27 @@ def test_eta_per_epoch_and_what_each_part_moved(tmp_path):
     assert torch.allclose(tr.method.q, want) and not torch.allclose(want, groupdro.update_q(q0, losses, 2.0, "exp"))
     rec = tr.train(1)
     assert rec["move:head"] > 0 and all(rec[f"move:enc:{s}"] > 0 for s in tr.model.encoders)
+
+
+def test_cosine_schedule_sets_each_epochs_rate(tmp_path):
+    """optim.schedule cosine: epoch t of T trains at lr (1 + cos(pi (t - 1) / T)) / 2; constant
+    keeps optim.lr. A function of t alone: a resumed epoch gets the same rate."""
+    import math
+
+    from fedanchors.centralized import CentralizedTrainer
+    from fedanchors.config import OptimConfig
+    from fedanchors.data import build_scenario
+    from fedanchors.train import lr_at
+
+    opt = OptimConfig(lr=0.2, schedule="cosine")
+    rates = [lr_at(opt, t, 4) for t in range(1, 5)]
+    assert rates == pytest.approx([0.2, 0.1 * (1 + math.cos(math.pi / 4)), 0.1, 0.1 * (1 + math.cos(3 * math.pi / 4))])
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert lr_at(OptimConfig(lr=0.2), 3, 4) == 0.2 and lr_at(opt, 9, 4) == rates[-1]  # past the budget: the last
+    cfg = small_config(tmp_path, optim={"epochs": 4, "lr": 0.2, "schedule": "cosine"}, data={"max_per_group": 60})
+    tr = CentralizedTrainer(cfg, build_scenario(cfg.data))
+    seen = []
+    for t in (1, 3):
+        tr.train(t)
+        seen.append(tr.opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([rates[0], rates[2]])

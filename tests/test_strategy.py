@@ -154,11 +154,16 @@ def test_shared_space_encoder_is_averaged(tmp_path):
         assert torch.allclose(v, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("k,loss,weighting", [(3, "ce", "own"), (2, "logit_adjust", "q"), (2, "ce", "q")])
-def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss, weighting):
+@pytest.mark.parametrize(
+    "k,loss,weighting,schedule",
+    [(3, "ce", "own", "constant"), (2, "logit_adjust", "q", "constant"), (2, "ce", "q", "constant"),
+     (3, "ce", "own", "cosine")],
+)  # fmt: skip
+def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss, weighting, schedule):
     """Anchors off, one local full-batch SGD step, no momentum: k rounds == k centralized steps
     (with a long-tail loss too: the server's prior from the clients' class counts is the
-    centralized prior from the data), under either method.encoder_weighting."""
+    centralized prior from the data), under either method.encoder_weighting, and with a
+    cosine learning rate (round r's rate is epoch r's)."""
     common = dict(
         loss={"name": loss, "tau": 2.0},
         anchors={"lambda_fit": 0.0, "lambda_sep": 0.0},
@@ -171,6 +176,7 @@ def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss, weighti
             "grad_clip": 0.0,
             "batch_size": 100000,
             "epochs": k,
+            "schedule": schedule,
         },
         data={"max_per_group": 150},
         federated={"rounds": k, "local_steps": 1},
@@ -178,10 +184,16 @@ def test_federated_rounds_equal_centralized_sgd_steps(tmp_path, k, loss, weighti
     cfg = small_config(tmp_path, **common)
     data = build_scenario(cfg.data)
     tr = CentralizedTrainer(cfg, data)
-    for epoch in range(k):
-        (idx,) = tr.epoch_batches()
-        tr.train_step(idx, epoch)
+    for t in range(1, k + 1):
+        assert len(tr.epoch_batches()) == 1  # full batch: an epoch is one step
+        tr.train(t)
     strategy, grid = train_rounds(cfg, 2)
+    told = [m.content["config"].get("lr") for m in grid.sent if m.metadata.message_type == "train"]
+    if schedule == "cosine":  # each round's rate reached the clients, and it fell
+        want = [0.5 * 0.5 * (1 + math.cos(math.pi * r / k)) for r in range(k) for _ in range(2)]
+        assert told == pytest.approx(want) and want[0] == 0.5 and want[-1] == pytest.approx(0.125)
+    else:
+        assert told == [None] * 2 * k  # a constant rate is not sent
     if loss != "ce":
         assert torch.allclose(torch.tensor(strategy.log_prior), tr.logp, atol=1e-6)
         assert not torch.allclose(tr.logp, torch.full_like(tr.logp, -math.log(10)), atol=1e-3)  # not uniform

@@ -31,6 +31,7 @@ from fedanchors.models import build_anchors, build_encoder, build_head, stable_s
 from fedanchors.moments import pool_moments
 from fedanchors.population import drop_out, eval_cohort, held_out, sample_clients
 from fedanchors.server_opt import build_server_optimizer
+from fedanchors.train import lr_config
 
 
 @dataclass
@@ -174,7 +175,7 @@ class ServerCore(EvaluationCore, StateMixin, UnitsMixin, PrivateMixin):
         scale = self.encoder_scales(self.spaces)
         shared = [s in self.encoders for s in self.spaces]
         self.scales = dict(enumerate(scale))
-        config = {"encoder_scale": scale, "encoder_shared": shared}
+        config = {"encoder_scale": scale, "encoder_shared": shared} | lr_config(self.cfg.optim, rnd, f.rounds)
         if self.cfg.analysis.jacobian and dynamics.due(self.cfg, rnd):
             config["analysis_jacobian"] = True
         if self.log_prior is not None:
