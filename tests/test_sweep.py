@@ -80,3 +80,39 @@ def test_a_point_that_diverges_is_recorded_failed_and_the_sweep_goes_on(tmp_path
     assert [c.strip() for c in row.strip("|").split("|")][1:3] == ["1", "1"]
     assert sweep.main(args) == 0
     assert "0 point(s) run, 2 skipped" in capsys.readouterr().err
+
+
+def test_a_new_default_setting_keeps_the_points_and_a_changed_one_reruns(tmp_path, monkeypatch, capsys):
+    """A point's hash covers only the settings that differ from the defaults: a release that
+    adds a setting at its default finds the finished points. A point whose recorded settings
+    disagree with the config now (a default that changed) is set aside and runs again."""
+    from fedanchors.cli import sweep as cli_sweep
+    from fedanchors.configure import replace
+
+    cfg = small_config(tmp_path, optim={"epochs": 1})
+    assert "optim.schedule" not in cli_sweep.changed_settings(cfg)  # at its default: not hashed
+    moved = replace(cfg, ["optim.schedule=cosine"])
+    assert cli_sweep.changed_settings(moved)["optim.schedule"] == "cosine"
+    pts = [cli_sweep.points(c, {"optim.lr": [0.01]}, 1, ["centralized"])[0]["hash"] for c in (cfg, moved)]
+    assert pts[0] != pts[1]
+
+    save_config(cfg, tmp_path / "base.yaml")
+    args = ["--config", str(tmp_path / "base.yaml"), "--grid", "optim.lr=0.01", "--out", str(tmp_path / "sw")]
+    assert sweep.main(args) == 0
+    (point,) = [d for d in (tmp_path / "sw").iterdir() if d.is_dir()]
+    settings = json.loads((point / "settings.json").read_text())
+    assert settings["optim.lr"] == 0.01 and settings["optim.epochs"] == 1
+    capsys.readouterr()
+    # a finished point from a release before optim.schedule: its record lacks the key, and it is kept
+    del settings["optim.schedule"]
+    (point / "settings.json").write_text(json.dumps(settings))
+    assert sweep.main(args) == 0
+    assert "0 point(s) run, 1 skipped" in capsys.readouterr().err
+    # the same point recorded under another value of a setting (a default that changed since)
+    settings["optim.weight_decay"] = 0.5
+    (point / "settings.json").write_text(json.dumps(settings))
+    assert sweep.main(args) == 0
+    err = capsys.readouterr().err
+    assert "ran with another optim.weight_decay; set aside and run again" in err and "1 point(s) run" in err
+    assert (tmp_path / "sw" / f"{point.name}-stale-1" / "summary.json").is_file()  # kept, not lost
+    assert json.loads((point / "settings.json").read_text())["optim.weight_decay"] != 0.5

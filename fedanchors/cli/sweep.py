@@ -1,9 +1,11 @@
 """Grid sweeps: ``python -m fedanchors.sweep --config X --grid optim.lr=0.1,0.01 [--seeds 3]``.
 
 Every point of the product (grid values x seeds x modes) runs in its own directory
-``<out>/<hash>``, the hash taken over the base config and the point's overrides; a
-finished point holds a ``done`` marker and a relaunch skips it (an interrupted one
-resumes from its checkpoint). The sweep ends with a
+``<out>/<hash>``, the hash taken over the base config's settings that differ from the
+defaults and the point's overrides (so a release that adds a setting keeps the points); a
+finished point holds a ``done`` marker and its resolved settings (``settings.json``), and a
+relaunch skips it unless a setting it ran with has since changed (a changed default: the
+point is set aside and runs again); an interrupted one resumes from its checkpoint. The sweep ends with a
 table sorted by the mean validation ``acc_wg`` over seeds (``<out>/sweep.md``).
 
 ``--config`` takes a run config, or a sweep file with a ``sweep:`` section::
@@ -33,6 +35,40 @@ from fedanchors.errors import ConfigError, Diverged, FedAnchorsError, RunFailed
 
 DONE = "done"
 FAILED = "failed"  # a point whose run diverged or could not give honest results: an outcome, kept
+SETTINGS = "settings.json"  # a finished point's resolved config, flat: what its reuse is checked against
+_RUN_KEYS = {"name", "out_dir", "progress"}  # where and how a point ran, not what
+
+
+def flat_settings(cfg: Config) -> dict:
+    """The config as {"section.key": value} (lists and group specs as values)."""
+    out: dict = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def changed_settings(base: Config) -> dict:
+    """The base config's settings that differ from the defaults (what a point's hash covers)."""
+    default = flat_settings(Config())
+    return {k: v for k, v in flat_settings(base).items() if k not in default or default[k] != v}
+
+
+def stale_setting(d: Path, cfg: Config) -> str | None:
+    """The first setting a finished point ran with that ``cfg`` now sets otherwise (None: the
+    same run; a point from before ``settings.json`` is taken as it is)."""
+    path = d / SETTINGS
+    if not path.is_file():
+        return None
+    ran = json.loads(path.read_text())
+    now = json.loads(json.dumps(flat_settings(cfg)))  # tuples as lists, as recorded
+    return next((k for k in sorted(ran) if k in now and k not in _RUN_KEYS and ran[k] != now[k]), None)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -54,7 +90,7 @@ def _fmt(v) -> str:
 def points(base: Config, grid: dict[str, list], seeds: int, modes: list[str]) -> list[dict]:
     """Every point: its overrides (grid part and full), its hash and its grid key."""
     out = []
-    base_text = json.dumps(to_dict(base), sort_keys=True)
+    base_text = json.dumps(changed_settings(base), sort_keys=True)
     for values in itertools.product(*grid.values()):
         sets = [f"{k}={_fmt(v)}" for k, v in zip(grid, values)]
         for mode in modes:
@@ -70,29 +106,44 @@ def run_point(base: Config, point: dict, out: Path) -> dict:
     from fedanchors.cli.simulate import resume, run
 
     d = out / point["hash"]
-    if (d / DONE).is_file():
-        return json.loads((d / "summary.json").read_text()) | {"skipped": True}
-    if (d / FAILED).is_file():  # the same seed fails the same way: not run again
-        return {"failed": (d / FAILED).read_text().strip(), "skipped": True}
     cfg = replace(base, [*point["overrides"], f"name={point['hash']}", f"out_dir={out}", "progress=false"])
+    if (d / DONE).is_file() or (d / FAILED).is_file():
+        if (key := stale_setting(d, cfg)) is not None:  # ran under a default that has changed since
+            print(f"{point['hash']}: ran with another {key}; set aside and run again", file=sys.stderr)
+            _set_aside(d, out, point["hash"], "stale")
+        elif (d / DONE).is_file():
+            return json.loads((d / "summary.json").read_text()) | {"skipped": True}
+        else:  # the same seed fails the same way: not run again
+            return {"failed": (d / FAILED).read_text().strip(), "skipped": True}
     ckpt = d / "checkpoints" / ("server_resume.pt" if cfg.mode == "federated" else "resume.pt")
     try:
         if d.exists() and ckpt.is_file() and not (d / "summary.json").exists():
             summary = resume(str(d), None, [])  # an interrupted point continues from its checkpoint
         else:
             if d.exists():  # an attempt that left no checkpoint: kept aside, never overwritten
-                k = 1
-                while (aside := out / f"{point['hash']}-incomplete-{k}").exists():
-                    k += 1
-                shutil.move(str(d), aside)
+                _set_aside(d, out, point["hash"], "incomplete")
             summary = run(cfg)
     except (Diverged, RunFailed) as e:  # a result of this point (a method that diverges), not a bug
-        (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
-        (d / FAILED).write_text(f"{type(e).__name__}: {e}\n")
+        _record(d, point, cfg, FAILED, f"{type(e).__name__}: {e}\n")
         return {"failed": f"{type(e).__name__}: {e}", "skipped": False}
-    (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
-    (d / DONE).write_text("")
+    _record(d, point, cfg, DONE, "")
     return summary | {"skipped": False}
+
+
+def _record(d: Path, point: dict, cfg: Config, marker: str, text: str) -> None:
+    """A finished point: its overrides, its resolved settings, then its marker (last: a point
+    with a marker is whole)."""
+    (d / "point.json").write_text(json.dumps(point["overrides"]) + "\n")
+    (d / SETTINGS).write_text(json.dumps(flat_settings(cfg), sort_keys=True) + "\n")
+    (d / marker).write_text(text)
+
+
+def _set_aside(d: Path, out: Path, name: str, why: str) -> None:
+    """Move a point's directory to ``<name>-<why>-<k>``: kept, never overwritten."""
+    k = 1
+    while (aside := out / f"{name}-{why}-{k}").exists():
+        k += 1
+    shutil.move(str(d), aside)
 
 
 def _stats(xs: list[float]) -> tuple[float, float]:
