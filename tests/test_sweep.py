@@ -9,7 +9,7 @@ import pytest
 
 from fedanchors import sweep
 from fedanchors.config import save_config
-from tests.conftest import small_config
+from tests.conftest import data_config, small_config
 
 
 @pytest.mark.slow
@@ -116,3 +116,32 @@ def test_a_new_default_setting_keeps_the_points_and_a_changed_one_reruns(tmp_pat
     assert "ran with another optim.weight_decay; set aside and run again" in err and "1 point(s) run" in err
     assert (tmp_path / "sw" / f"{point.name}-stale-1" / "summary.json").is_file()  # kept, not lost
     assert json.loads((point / "settings.json").read_text())["optim.weight_decay"] != 0.5
+
+
+def test_group_specs_are_hashed_and_checked_without_their_defaults(tmp_path):
+    """A group spec counts in a point's hash and record with only the fields it sets, so a
+    release that adds a group field at its default finds the finished points (recorded in
+    full before, they still match); a recorded group that differs is stale."""
+    import dataclasses
+
+    from fedanchors.cli import sweep as cli_sweep
+    from fedanchors.configure import replace
+
+    groups = [
+        {"name": "hi", "source": "uci_digits", "fraction": 0.8},
+        {"name": "lo", "source": "uci_digits", "resize": 4},
+    ]
+    cfg = dataclasses.replace(small_config(tmp_path), data=data_config(groups))
+    assert cli_sweep.changed_settings(cfg)["data.groups"] == groups  # only what was written
+    d = tmp_path / "point"
+    d.mkdir()
+    full = json.loads(json.dumps([dataclasses.asdict(g) for g in cfg.data.groups]))
+    assert "greyscale" in full[0] and "clients" in full[1]  # every field, as recorded before
+    record = cli_sweep.flat_settings(cfg) | {"data.groups": full}
+    (d / "settings.json").write_text(json.dumps(record))
+    assert cli_sweep.stale_setting(d, cfg) is None
+    assert cli_sweep.stale_setting(d, replace(cfg, ["optim.lr=0.5"])) == "optim.lr"
+    for change in ({"resize": 6}, {"nonsense": 1}):  # another value; a field this release cannot read
+        record["data.groups"] = [full[0], full[1] | change]
+        (d / "settings.json").write_text(json.dumps(record))
+        assert cli_sweep.stale_setting(d, cfg) == "data.groups"

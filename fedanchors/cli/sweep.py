@@ -31,7 +31,9 @@ from pathlib import Path
 
 from fedanchors.config import Config, parse_override, read_yaml, to_dict, yaml_load
 from fedanchors.configure import load_config, replace
+from fedanchors.data.groups import parse_groups
 from fedanchors.errors import ConfigError, Diverged, FedAnchorsError, RunFailed
+from fedanchors.group_spec import compact
 
 DONE = "done"
 FAILED = "failed"  # a point whose run diverged or could not give honest results: an outcome, kept
@@ -40,7 +42,9 @@ _RUN_KEYS = {"name", "out_dir", "progress"}  # where and how a point ran, not wh
 
 
 def flat_settings(cfg: Config) -> dict:
-    """The config as {"section.key": value} (lists and group specs as values)."""
+    """The config as {"section.key": value} (lists and group specs as values; each group spec
+    with only its fields that differ from their defaults, so a release that adds a group field
+    keeps the points too)."""
     out: dict = {}
 
     def walk(d: dict, prefix: str) -> None:
@@ -50,8 +54,21 @@ def flat_settings(cfg: Config) -> dict:
             else:
                 out[f"{prefix}{k}"] = v
 
-    walk(to_dict(cfg), "")
+    d = to_dict(cfg)
+    d["data"]["groups"] = [compact(g) for g in cfg.data.groups]
+    walk(d, "")
     return out
+
+
+def _recorded(key: str, value):
+    """A recorded setting as this release writes it: group specs recorded in full (before
+    they were compacted) are compacted; ones this release cannot read are left as they are."""
+    if key != "data.groups" or not isinstance(value, list):
+        return value
+    try:
+        return json.loads(json.dumps([compact(g) for g in parse_groups(value, SETTINGS)]))
+    except (ConfigError, TypeError, ValueError):
+        return value
 
 
 def changed_settings(base: Config) -> dict:
@@ -68,7 +85,7 @@ def stale_setting(d: Path, cfg: Config) -> str | None:
         return None
     ran = json.loads(path.read_text())
     now = json.loads(json.dumps(flat_settings(cfg)))  # tuples as lists, as recorded
-    return next((k for k in sorted(ran) if k in now and k not in _RUN_KEYS and ran[k] != now[k]), None)
+    return next((k for k in sorted(ran) if k in now and k not in _RUN_KEYS and _recorded(k, ran[k]) != now[k]), None)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
