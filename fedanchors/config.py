@@ -289,8 +289,14 @@ def _lists(x: Any) -> Any:
     return x
 
 
-def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML (groups with only the keys that differ from defaults)."""
+def resolved_dict(cfg: Config) -> dict:
+    """The resolved config as a plain dict, each group with only the keys that differ from
+    their defaults (what ``config.yaml`` holds and a sweep point's hash covers)."""
     d = to_dict(cfg)
     d["data"]["groups"] = [compact(g) for g in cfg.data.groups]
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    return d
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(resolved_dict(cfg), sort_keys=False))

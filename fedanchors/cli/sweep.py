@@ -29,7 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from fedanchors.config import Config, parse_override, read_yaml, to_dict, yaml_load
+from fedanchors.config import Config, parse_override, read_yaml, resolved_dict, yaml_load
 from fedanchors.configure import load_config, replace
 from fedanchors.data.groups import parse_groups
 from fedanchors.errors import ConfigError, Diverged, FedAnchorsError, RunFailed
@@ -54,9 +54,7 @@ def flat_settings(cfg: Config) -> dict:
             else:
                 out[f"{prefix}{k}"] = v
 
-    d = to_dict(cfg)
-    d["data"]["groups"] = [compact(g) for g in cfg.data.groups]
-    walk(d, "")
+    walk(resolved_dict(cfg), "")
     return out
 
 
