@@ -165,6 +165,14 @@ def _check_method(cfg: Config) -> None:
             "method.name: qffl takes the q-FedAvg server step in place of the aggregation rule; "
             "set federated.aggregation: mean and federated.max_update_norm: 0"
         )
+    if m.name == "qffl" and cfg.mode == "federated" and m.q_fair > 0 and m.lipschitz == 0 and cfg.optim.name != "sgd":
+        # L (w - w_k) stands for a gradient only after plain SGD steps; after Adam's, whose moves do
+        # not scale with lr, L = 1 / lr shrinks the step ~1000-fold (docs/baselines.md)
+        raise ConfigError(
+            f"method.lipschitz: 0 takes q-FedAvg's L = 1 / optim.lr, which assumes local SGD; with optim.name: "
+            f"{cfg.optim.name} set method.lipschitz to about F / ||w - w_k||^2 (1.0 on mnist_audio) "
+            "or use optim.name: sgd"
+        )
 
 
 def _check_privacy(cfg: Config) -> None:

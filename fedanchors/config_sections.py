@@ -82,7 +82,7 @@ class MethodConfig:
     top_k: int = 1  # fgdro_cvar: the mean of the K largest group losses
     temperature: float = 1.0  # fgdro_kl: p = softmax(u / temperature), u the averaged losses
     q_fair: float = 1.0  # qffl: the fairness exponent q (0: ERM)
-    lipschitz: float = 0.0  # qffl's q-FedAvg step: the Lipschitz estimate L (0: 1 / optim.lr)
+    lipschitz: float = 0.0  # qffl's q-FedAvg step: the Lipschitz estimate L (0: 1 / optim.lr; local SGD only)
     level: str = "group"  # group | client: what the method weights (client: afl, qffl, drfa; federated)
     loss_clients: int = 0  # drfa: clients asked for the snapshot's loss (0: federated.clients_per_round)
     # own: an encoder learns from its holders' losses renormalised to sum 1 (a group's private

@@ -56,7 +56,8 @@ def test_shipped_benchmarks_load_and_every_method_builds(path):
     spec = load_bench(str(path))
     assert len(spec["methods"]) >= 2 and spec["seeds"] == 3
     for method in spec["methods"]:
-        cfg = load_config(REPO / spec["config"], [*spec["set"], f"baseline={method}"])
+        own = spec["method_set"].get(method, [])
+        cfg = load_config(REPO / spec["config"], [*spec["set"], *own, f"baseline={method}"])
         assert cfg.baseline == method and cfg.mode == "federated"
         assert cfg.federated.holdout > 0 or cfg.federated.clients == 1  # new clients wherever a group has several
         assert (cfg.data.common_input != "none") == (method == "fedavg")

@@ -156,6 +156,7 @@ def test_client_level_afl_weights_clients_and_sums_them_per_group():
         ({"name": "afl", "level": "clients"}, {}, "method.level"),
         ({"name": "qffl", "q_fair": -1.0}, {}, "method.q_fair"),
         ({"name": "qffl"}, {"aggregation": "median"}, "federated.aggregation"),
+        ({"name": "qffl"}, {}, "method.lipschitz"),  # L = 1 / lr after local Adam steps
         ({"name": "fgdro_cvar", "top_k": 3}, {}, "method.top_k"),
         ({"name": "afl", "floor": {"digits8": 0.7, "digits16": 0.6}}, {}, "method.floor"),
         ({"name": "afl", "level": "client", "floor": {"digits8": 0.1}}, {}, "method.floor"),
@@ -210,7 +211,7 @@ def test_drfa_round_sends_a_snapshot_and_queries_uniform_clients(tmp_path):
 def test_federated_qffl_at_q0_is_fedavg_and_moves_the_head_otherwise(tmp_path):
     heads = {}
     for name, q in (("erm", 0.0), ("qffl", 0.0), ("qffl", 5.0)):
-        cfg = _fed(tmp_path / f"{name}{q}", {"name": name, "q_fair": q}, rounds=1, local_steps=2)
+        cfg = _fed(tmp_path / f"{name}{q}", {"name": name, "q_fair": q, "lipschitz": 1.0}, rounds=1, local_steps=2)
         server, _, _ = run_rounds(cfg, 4)
         heads[name, q] = server.head.state_dict()
     for k, v in heads["erm", 0.0].items():
