@@ -167,7 +167,7 @@ def _check_method(cfg: Config) -> None:
         )
     if m.name == "qffl" and cfg.mode == "federated" and m.q_fair > 0 and m.lipschitz == 0 and cfg.optim.name != "sgd":
         # L (w - w_k) stands for a gradient only after plain SGD steps; after Adam's, whose moves do
-        # not scale with lr, L = 1 / lr shrinks the step ~1000-fold (docs/baselines.md)
+        # not scale with lr, L = 1 / lr shrank the step ~500-fold on mnist_audio (docs/baselines.md)
         raise ConfigError(
             f"method.lipschitz: 0 takes q-FedAvg's L = 1 / optim.lr, which assumes local SGD; with optim.name: "
             f"{cfg.optim.name} set method.lipschitz to about F / ||w - w_k||^2 (1.0 on mnist_audio) "

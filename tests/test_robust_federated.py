@@ -211,7 +211,8 @@ def test_drfa_round_sends_a_snapshot_and_queries_uniform_clients(tmp_path):
 def test_federated_qffl_at_q0_is_fedavg_and_moves_the_head_otherwise(tmp_path):
     heads = {}
     for name, q in (("erm", 0.0), ("qffl", 0.0), ("qffl", 5.0)):
-        cfg = _fed(tmp_path / f"{name}{q}", {"name": name, "q_fair": q, "lipschitz": 1.0}, rounds=1, local_steps=2)
+        own_l = {"lipschitz": 1.0} if q > 0 else {}  # q = 0 at the default L = 1 / lr; q > 0 after Adam needs L
+        cfg = _fed(tmp_path / f"{name}{q}", {"name": name, "q_fair": q, **own_l}, rounds=1, local_steps=2)
         server, _, _ = run_rounds(cfg, 4)
         heads[name, q] = server.head.state_dict()
     for k, v in heads["erm", 0.0].items():
